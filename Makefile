@@ -1,0 +1,47 @@
+# humo: two commands for a newcomer.
+#   make run    set up .venv, then run the whole pipeline on the embedded default (dvc repro)
+#   make test   set up .venv, then run the test suite
+# Both are idempotent: a second call reuses the venv and only re-runs what changed.
+
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.humo-installed
+
+# Offline by design: no hub downloads, no telemetry.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_ENABLE_TELEMETRY := false
+export PYTHONHASHSEED := 0
+
+.PHONY: setup data run test test-slow bench clean-venv
+
+setup: $(STAMP)
+
+# torch==2.13.0 is pinned in pyproject.toml: pip takes the CPU build that lies on disk (design.md section 6).
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+# The raw dataset: SynthTalk is rendered deterministically, so it reproduces the md5 recorded in data.dvc.
+data: setup
+	$(BIN)/humo synth
+
+run: data
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/pytest
+
+test-slow: setup
+	$(BIN)/pytest -m slow
+
+bench: setup
+	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,211 @@
+"""Typed configuration: ``params.yaml`` -> one validated :class:`Params` object.
+
+There is exactly one reader of ``params.yaml``: :func:`load_params`. Every section of the file is a pydantic
+model with ``extra="forbid"``, so a typo fails at load time with a message that names the key and the keys
+that are allowed there. Stages receive only the sections they use (``synthtalk.run(cfg=params.synth, ...)``),
+never the whole object, and deep code receives plain values.
+
+Overrides use dotted keys, ``synth.num_clips=8``; the value is parsed as YAML (``8`` is an int, ``null`` is
+None, ``[1, 2]`` a list) and then validated with the schema's types like any value from the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS_PATH = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """params.yaml or an override is missing, malformed or invalid; the message says where and how to fix."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are rejected and loaded values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# =====================================================================================================
+# Sections
+# =====================================================================================================
+
+
+class PathsConfig(Section):
+    """Where the pipeline reads and writes, relative to the project root (the folder holding params.yaml)."""
+
+    raw: Path = Path("data/raw")
+    """The raw dataset in the HuMoSet layout, tracked by ``data.dvc``."""
+    artifacts: Path = Path("artifacts")
+    """Derived outputs of the DVC stages (one sub-folder per stage)."""
+    reports: Path = Path("reports")
+    """Human-readable reports, metrics and plots."""
+
+
+class SynthConfig(Section):
+    """SynthTalk: the procedurally rendered talking-person dataset (design.md section 4)."""
+
+    seed: int = 0
+    """Seed of everything random in the dataset; the same seed gives byte-identical files."""
+    num_clips: int = Field(512, ge=1)
+    """Total clips over all identities."""
+    num_train_identities: int = Field(64, ge=1)
+    num_heldout_identities: int = Field(16, ge=0)
+    heldout_fraction: float = Field(0.125, ge=0.0, lt=1.0)
+    """Share of the clips given to held-out identities (evaluation only)."""
+    num_frames: int = Field(33, ge=5)
+    """Frames per clip; must be 4k+1 so the VAE maps it to whole latent frames."""
+    fps: int = Field(25, ge=1)
+    height: int = Field(64, ge=32)
+    width: int = Field(64, ge=32)
+    sample_rate: int = Field(16_000, ge=8_000)
+    workers: int = Field(2, ge=1)
+    """Processes rendering and encoding clips in parallel."""
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> SynthConfig:
+        if (self.num_frames - 1) % 4:
+            raise ValueError(f"num_frames={self.num_frames} must be of the form 4k+1 (e.g. 33 or 97)")
+        if self.height % 16 or self.width % 16:
+            raise ValueError(f"height x width = {self.height}x{self.width} must be multiples of 16 (VAE 8x, patch 2x)")
+        if self.num_clips < self.num_train_identities + self.num_heldout_identities:
+            raise ValueError(
+                f"num_clips={self.num_clips} is smaller than the number of identities "
+                f"({self.num_train_identities}+{self.num_heldout_identities}); every identity needs a clip"
+            )
+        return self
+
+
+class LoggingConfig(Section):
+    """How much the stages say."""
+
+    level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+class Params(Section):
+    """The whole of params.yaml. Each field is one top-level section."""
+
+    paths: PathsConfig = PathsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    synth: SynthConfig = SynthConfig()
+
+
+# =====================================================================================================
+# Loading
+# =====================================================================================================
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS_PATH, overrides: Iterable[str] = ()) -> Params:
+    """Read, override and validate params.yaml: the one reader of the file.
+
+    Args:
+        path: the YAML file.
+        overrides: dotted ``key=value`` strings applied on top of the file, e.g. ``"synth.num_clips=8"``.
+
+    Returns:
+        The validated, immutable :class:`Params`.
+
+    Raises:
+        ConfigError: the file is missing or not a YAML mapping, an override is malformed or names an unknown
+            key, or a value fails validation. The message names the key and the allowed keys or range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file {path} not found; run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        _apply_override(raw, override)
+    return validate_params(raw, source=str(path))
+
+
+def validate_params(raw: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate a plain mapping as :class:`Params`, turning pydantic's errors into one readable message."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in ``raw`` after checking every key of the path against the schema."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like section.key=value, e.g. synth.num_clips=8")
+    parts = key.strip().split(".")
+    model: type[BaseModel] | None = Params
+    node = raw
+    for depth, part in enumerate(parts):
+        if model is None:
+            raise ConfigError(f"override {key!r}: {'.'.join(parts[:depth])} is a value, not a section")
+        _check_key(model, part, ".".join(parts[:depth]) or "<top level>", f"override {key!r}")
+        if depth == len(parts) - 1:
+            try:
+                node[part] = yaml.safe_load(text)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"override {key!r}: value {text!r} is not valid YAML: {err}") from err
+            return
+        field = model.model_fields[part]
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part} holds a value, not a section")
+        node = child
+
+
+def _check_key(model: type[BaseModel], key: str, where: str, context: str) -> None:
+    allowed = list(model.model_fields)
+    if key not in allowed:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{context}: unknown key {key!r} in {where}. Allowed keys: {', '.join(allowed)}.{hint}")
+
+
+def _model_at(location: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model found by walking ``location`` from :class:`Params`."""
+    model: type[BaseModel] = Params
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} invalid setting(s):"]
+    for error in err.errors():
+        location = tuple(error["loc"])
+        dotted = ".".join(str(part) for part in location) or "<top level>"
+        if error["type"] == "extra_forbidden":
+            parent = _model_at(location[:-1])
+            allowed = list(parent.model_fields) if parent else []
+            close = difflib.get_close_matches(str(location[-1]), allowed, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            lines.append(f"  - unknown key {dotted!r}. Allowed keys here: {', '.join(allowed)}.{hint}")
+        else:
+            value = error.get("input")
+            got = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  - {dotted}: {error['msg']}{got}")
+    return "\n".join(lines)
+
+
+def resolved_dict(params: BaseModel) -> dict[str, Any]:
+    """A JSON-ready dict of a config object (paths as strings), e.g. to save next to a checkpoint."""
+    return params.model_dump(mode="json")
