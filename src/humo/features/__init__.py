@@ -1,0 +1,1 @@
+"""humo.features"""
