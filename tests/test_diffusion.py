@@ -101,3 +101,66 @@ def test_piecewise_scale() -> None:
         PiecewiseScale(values=(1.0,), switch_points=(5,))
     with pytest.raises(ValueError, match="decreasing"):
         PiecewiseScale(values=(1.0, 2.0, 3.0), switch_points=(5, 10))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the general time-adaptive schedule (chain of branches with piecewise link scales)
+# ---------------------------------------------------------------------------------------------------------------------
+
+from humo.diffusion.guidance import Branch, GuidanceSchedule, build_guidance  # noqa: E402
+
+B = Branch.parse
+
+
+def test_branch_names_round_trip() -> None:
+    assert [B(n).name for n in ("TIA", "ti", "A", "∅", "null")] == ["TIA", "TI", "A", "∅", "∅"]
+    with pytest.raises(ValueError, match="letters"):
+        B("TX")
+
+
+def test_17b_schedule_coefficients_by_hand() -> None:
+    schedule = build_guidance("humo-17b", "TIA", scale_text=5.0, scale_image=4.0, scale_audio=5.5)
+    # early: 5.5*TIA + (5-5.5)*TI + (1-5)*I ; the null branch is idle
+    assert schedule.coefficients(981) == {B("TIA"): 5.5, B("TI"): -0.5, B("I"): -4.0}
+    # late (t <= 980): 5.5*TIA + (3-5.5)*TI + (1-3)*∅ ; the image-only branch is idle
+    assert schedule.coefficients(980) == {B("TIA"): 5.5, B("TI"): -2.5, B("∅"): -2.0}
+
+
+def test_17b_schedule_equals_upstream_formula() -> None:
+    v = {b: torch.randn(5, generator=torch.Generator().manual_seed(i)) for i, b in enumerate(map(B, ["TIA", "TI", "I", "∅"]))}
+    schedule = build_guidance("humo-17b", "TIA", scale_text=5.0, scale_image=0.0, scale_audio=5.5)
+    for t in (999, 982, 981, 980, 500, 0):
+        expected = guidance_tia_17b(v[B("TIA")], v[B("TI")], v[B("I")], v[B("∅")], t, 5.5, 5.0)
+        assert torch.allclose(schedule.combine(v, t), expected, atol=1e-5)
+
+
+def test_1_7b_and_ta_and_custom_equal_their_formulas() -> None:
+    names = ["TIA", "TA", "TI", "T", "I", "∅"]
+    v = {B(n): torch.tensor(float(k + 1) ** 2) for k, n in enumerate(names)}  # 1, 4, 9, 16, 25, 36
+    s17 = build_guidance("humo-1.7b", "TIA", scale_text=7.0, scale_image=4.0, scale_audio=7.5)
+    # 4*(1-4) + 7.5*(4-16) + 7*(16-36) + 36 = -12 - 90 - 140 + 36 = -206
+    assert s17.combine(v, 500).item() == pytest.approx(-206.0)
+    assert len(s17.coefficients(500)) == 4
+    ta = build_guidance("humo-17b", "TA", scale_text=5.0, scale_image=4.0, scale_audio=5.5)
+    # 5.5*(4-16) + 5*(16-36) + 36 = -66 - 100 + 36 = -130
+    assert ta.combine(v, 999).item() == pytest.approx(-130.0)
+    custom = build_guidance(
+        "custom", "TIA", 0, 0, 0,
+        custom={"audio": PiecewiseScale((2.0,)), "image": PiecewiseScale((3.0, 1.0), (500,)), "text": PiecewiseScale((5.0,))},
+    )
+    # t=900: 2*(1-9) + 3*(9-16) + 5*(16-36) + 36 = -16 - 21 - 100 + 36 = -101 ; t=100: image link 1 -> -16 -7 -100 +36 = -87
+    assert custom.combine(v, 900).item() == pytest.approx(-101.0)
+    assert custom.combine(v, 100).item() == pytest.approx(-87.0)
+    with pytest.raises(ValueError, match="needs scales"):
+        build_guidance("custom", "TA", 1, 1, 1, custom={"text": PiecewiseScale((1.0,))})
+
+
+def test_scales_of_one_use_a_single_branch_and_bad_chains_fail() -> None:
+    schedule = build_guidance("humo-1.7b", "TIA", 1.0, 1.0, 1.0)
+    assert schedule.coefficients(700) == {B("TIA"): 1.0}
+    with pytest.raises(KeyError, match="TA"):
+        build_guidance("humo-1.7b", "TIA", 1.0, 2.0, 1.0).combine({B("TIA"): torch.zeros(1)}, 10)
+    with pytest.raises(ValueError, match="link scales"):
+        GuidanceSchedule((B("T"), B("∅")), ())
+    with pytest.raises(ValueError, match="unknown mode"):
+        build_guidance("humo-17b", "IA", 1, 1, 1)
