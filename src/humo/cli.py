@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth", "paths"),
+    "curate": ("curate", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""
 
@@ -87,6 +88,19 @@ def synth(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = Non
 
     try:
         summary = synthtalk.run(cfg=p.synth, out_dir=p.paths.raw)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    logger.info("%s", summary)
+
+
+@app.command()
+def curate(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Curate raw videos into clean, synchronised clips: artifacts/curate/manifest.parquet and rejects.jsonl."""
+    p = _load(params, overrides)
+    from humo.data import curate as curate_stage
+
+    try:
+        summary = curate_stage.run(cfg=p.curate, paths=p.paths)
     except USER_ERRORS as err:
         raise _fail(err) from None
     logger.info("%s", summary)

@@ -181,6 +181,95 @@ class TrainVaeConfig(Section):
         return self
 
 
+class CurateConfig(Section):
+    """Curation: raw videos -> clean training clips (``humo curate``, issue 3). Thresholds are documented here."""
+
+    source_format: Literal["humoset", "folder"] = "humoset"
+    """Reader: ``humoset`` (video/, reference_image/, video_caption.parquet) or a plain ``folder`` of videos
+    with optional sidecar captions ``name.txt`` and sidecar audio ``name.wav``/``name.mp3``."""
+    source_dir: Path | None = None
+    """Folder to read; ``None`` = ``paths.raw``."""
+    limit: int | None = Field(None, ge=1)
+    """Read only the first N sources (sorted); ``None`` = all."""
+    num_frames: int = Field(33, ge=5)
+    """Frames per clip (4k+1): 33 for the embedded preset, 97 for the real one."""
+    fps: float = Field(25.0, gt=0)
+    """Target frame rate every source is resampled to (by timestamps, without drift)."""
+    workers: int = Field(2, ge=1)
+    """Processes working on sources in parallel."""
+    analysis_size: int = Field(256, ge=32)
+    """Longest side of the frames decoded for analysis (faces, shots, sync, quality); clips keep full size."""
+    shot_threshold: float = Field(0.5, gt=0, le=2)
+    """Shot cut where the chi-square-like histogram distance between consecutive frames exceeds this."""
+    face_detector: Literal["auto", "annotation", "opencv"] = "auto"
+    """``annotation``: the dataset's ground-truth face boxes; ``opencv``: OpenCV's bundled Haar cascade;
+    ``auto``: annotation boxes when the source has them, OpenCV otherwise."""
+    min_face_fraction: float = Field(0.5, ge=0, le=1)
+    """Share of a clip's frames where a face must be detected (missed frames are interpolated)."""
+    min_face_size: float = Field(0.15, gt=0, le=1)
+    """Smallest median face box side as a fraction of the frame's shorter side."""
+    vad: Literal["auto", "silero", "energy"] = "auto"
+    """Voice-activity detector: silero-vad (model in its wheel), an RMS energy threshold, or ``auto``: energy
+    for datasets flagged synthetic (SynthTalk: silero misses part of its synthetic syllables, see
+    humo.data.speech), silero for everything else."""
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    """silero speech probability above which a 32 ms chunk is speech."""
+    energy_threshold_db: float = Field(-30.0, lt=0)
+    """Energy VAD: a frame is speech when its RMS is within this many dB of the source's loudest frame."""
+    silence_rms: float = Field(1e-3, gt=0)
+    """A source whose loudest frame RMS is below this is silent and rejected."""
+    min_speech_ratio: float = Field(0.2, ge=0, le=1)
+    """Smallest share of a clip's frames with speech."""
+    sync_scorer: Literal["motion"] = "motion"
+    """Sync estimator (``humo.data.sync.SYNC_SCORERS``)."""
+    sync_search: int = Field(10, ge=1)
+    """Offsets ``-sync_search..sync_search`` frames are searched."""
+    sync_max_offset: int = Field(1, ge=0)
+    """Largest accepted ``|offset|`` in frames."""
+    sync_min_confidence: float = Field(0.2, ge=0)
+    """Smallest accepted sync confidence (median minus best distance)."""
+    min_resolution: int = Field(64, ge=8)
+    """Smallest accepted shorter side of a source in pixels."""
+    min_brightness: float = Field(20.0, ge=0, le=255)
+    max_brightness: float = Field(235.0, ge=0, le=255)
+    """Accepted range of the mean luma of a clip."""
+    min_sharpness: float = Field(5.0, ge=0)
+    """Smallest variance of the Laplacian of the face crop (resized to 64x64): lower is blurrier."""
+    reference_min_distance: int = Field(50, ge=1)
+    """Sources without a reference image: the face crop comes from another shot, or from a frame at least
+    this many frames away from the clip."""
+    link_mode: Literal["reference", "hardlink", "copy"] = "reference"
+    """Clips that need no cut or resample: point at the source (``reference``), hard-link or copy it."""
+    captioner: Literal["none"] = "none"
+    """Captioner for clips without a caption (``humo.data.captions.CAPTIONERS``); ``none`` = leave it empty."""
+    folder_split: Literal["train", "heldout"] = "train"
+    """Split given to sources that carry none (folder reader)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> CurateConfig:
+        if (self.num_frames - 1) % 4:
+            raise ValueError(f"num_frames={self.num_frames} must be of the form 4k+1 (e.g. 33 or 97)")
+        if self.sync_search + 3 > self.num_frames:
+            raise ValueError(f"sync_search={self.sync_search} needs num_frames >= {self.sync_search + 3}")
+        if self.sync_max_offset > self.sync_search:
+            raise ValueError(f"sync_max_offset={self.sync_max_offset} exceeds sync_search={self.sync_search}")
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError(f"min_brightness={self.min_brightness} must be below max_brightness={self.max_brightness}")
+        return self
+
+
+class ValidateConfig(Section):
+    """Great Expectations checks of the curated manifest (``humo validate``)."""
+
+    check_files: bool = True
+    """Open every clip to check that it exists and has ``curate.num_frames`` frames at ``curate.fps``."""
+    min_clips: int = Field(1, ge=0)
+    """The manifest must hold at least this many clips."""
+    min_sync_confidence: float = 0.0
+    max_sync_confidence: float = 2.0
+    """Range every ``sync_confidence`` must fall in (the distance is in [0, 2])."""
+
+
 class Params(Section):
     """The whole of params.yaml. Each field is one top-level section."""
 
@@ -191,6 +280,9 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     encoders: EncodersConfig = EncodersConfig()
     train_vae: TrainVaeConfig = TrainVaeConfig()
+    curate: CurateConfig = CurateConfig()
+    validation: ValidateConfig = ValidateConfig()
+    """Checks of the curated manifest; named ``validation`` because ``validate`` shadows a pydantic method."""
 
 
 # =====================================================================================================

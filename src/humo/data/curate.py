@@ -1,0 +1,524 @@
+"""The ``curate`` stage: raw source videos -> clean, synchronised training clips (issue 3).
+
+Per source (:func:`process_source`, run in parallel worker processes):
+
+1. read the caption (dataset or sidecar), probe the stream, check resolution and duration;
+2. resample to ``curate.fps`` by timestamps (:func:`humo.data.probe.resample_indices`) and read the audio
+   (container or sidecar, 16 kHz mono); reject silent or missing audio;
+3. decode small analysis frames, find shots (:mod:`humo.data.shots`) and cut ``curate.num_frames`` windows
+   inside shots only;
+4. faces per frame (:mod:`humo.data.faces`), speech per frame (:mod:`humo.data.speech`), then per clip: face
+   check, speech ratio, sync estimate (:mod:`humo.data.sync`), quality (:mod:`humo.data.quality`), reference
+   image (the dataset's, else a face crop from another shot or a distant segment, never the clip itself);
+5. accepted clips that need no cut or resample are referenced (or linked) as they are; the others are written
+   with :func:`humo.data.media.write_video`, audio muxed and aligned.
+
+Every source ends in the manifest (at least one clip) or in the rejects log with a source-level reason; a
+source whose every clip fails gets the reason ``no_usable_clip`` with the clip reasons in its detail. An
+unexpected exception inside one source becomes the reject ``crash`` (exception type and message), never a dead
+stage.
+
+Outputs: ``artifacts/curate/manifest.parquet``, ``rejects.jsonl``, ``clips/``, ``references/``;
+``reports/curate/summary.json`` (counts per reason, timing) and ``histograms.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from humo.config import CurateConfig, PathsConfig
+from humo.constants import AUDIO_SAMPLE_RATE
+from humo.data import faces, quality, shots, speech
+from humo.data.captions import CAPTIONERS, CaptionError, read_caption_file
+from humo.data.manifest import portable_path, write_manifest, write_rejects
+from humo.data.media import MediaError, fit_audio_to_frames, has_audio_stream, read_audio, write_video
+from humo.data.probe import analysis_size, decode_frames, probe_source, resample_indices
+from humo.data.sources import SourceItem, read_sources
+from humo.data.sync import make_scorer
+
+logger = logging.getLogger(__name__)
+
+LINKABLE_CODECS = ("h264", "aac")
+"""(video, audio) codecs a source must have to be used as a clip without re-encoding."""
+REFERENCE_MARGIN = 0.3
+"""Margin around the face box of a cropped reference image, as a fraction of the box size."""
+CHUNKSIZE = 4
+"""Sources handed to a worker at a time."""
+
+
+class SourceRejected(Exception):
+    """Raised inside :func:`process_source` to reject the whole source with a reason and a detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class SourceResult:
+    """What one source gave: manifest rows, rejects and a few figures for the report."""
+
+    source: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    """Duration of the source (0 when it could not be probed)."""
+    face_detector: str | None = None
+    face_hit_rate: float | None = None
+    """Share of analysis frames where the detector found a face."""
+    vad: str | None = None
+    """Voice-activity detector used (``auto`` resolved)."""
+
+
+def _reject(source: str, clip: str | None, reason: str, detail: str) -> dict[str, Any]:
+    return {"source": source, "clip": clip, "reason": reason, "detail": detail}
+
+
+# =====================================================================================================
+# One source
+# =====================================================================================================
+
+
+def process_source(item: SourceItem, cfg: CurateConfig, out_dir: Path, project_root: Path) -> SourceResult:
+    """Curate one source; never raises (a failure is recorded as a reject of the source).
+
+    Args:
+        item: the source.
+        cfg: the ``curate`` section.
+        out_dir: ``artifacts/curate``; clips go to ``clips/``, cropped references to ``references/``.
+        project_root: root that manifest paths are made relative to.
+
+    Returns:
+        A :class:`SourceResult` with either rows or a source-level reject (and any clip rejects).
+    """
+    source = portable_path(item.video, project_root)
+    result = SourceResult(source=source)
+    try:
+        _curate(item, cfg, out_dir, project_root, result)
+    except SourceRejected as err:
+        result.rejects.append(_reject(source, None, err.reason, err.detail))
+    except Exception as err:  # a crash in one source must become a reject, not kill the stage (issue 3)
+        logger.debug("source %s crashed", source, exc_info=True)
+        result.rows.clear()
+        result.rejects.append(_reject(source, None, "crash", f"{type(err).__name__}: {err}"))
+    return result
+
+
+def _source_caption(item: SourceItem) -> str | None:
+    if item.caption is not None:
+        return item.caption
+    if item.caption_file is not None:
+        try:
+            return read_caption_file(item.caption_file)
+        except CaptionError as err:
+            raise SourceRejected("caption_invalid_utf8", str(err)) from None
+    return None
+
+
+def _source_audio(item: SourceItem, num_frames: int, fps: float) -> np.ndarray:
+    """The source's audio at 16 kHz, fitted to ``num_frames / fps`` seconds."""
+    if item.audio is None and not has_audio_stream(item.video):
+        raise SourceRejected("no_audio", f"{item.video.name} has no audio stream and no sidecar audio file")
+    try:
+        audio = read_audio(item.audio if item.audio is not None else item.video, AUDIO_SAMPLE_RATE)
+    except MediaError as err:
+        raise SourceRejected("audio_unreadable", str(err)) from None
+    return fit_audio_to_frames(audio, num_frames, fps, AUDIO_SAMPLE_RATE)
+
+
+def _detect_boxes(item: SourceItem, cfg: CurateConfig, frames: np.ndarray, indices: np.ndarray, scale: float):
+    """Raw per-frame boxes ``(K, 4)`` (NaN = none) in analysis pixels, and the detector's name."""
+    use_annotation = cfg.face_detector == "annotation" or (cfg.face_detector == "auto" and item.annotation)
+    if use_annotation:
+        if item.annotation is None:
+            raise SourceRejected("no_annotation", "face_detector=annotation but the dataset has no annotation")
+        return faces.annotation_boxes(item.annotation, indices, scale), "annotation"
+    return faces.detect_faces_opencv(frames), "opencv"
+
+
+def _can_link(item: SourceItem, probe, indices: np.ndarray, cfg: CurateConfig) -> bool:
+    """Whether the source is exactly one clip at the target rate, with muxed H.264 + AAC, in an mp4."""
+    import av
+
+    if item.audio is not None or item.video.suffix.lower() != ".mp4":
+        return False
+    if probe.num_frames != cfg.num_frames or len(indices) != cfg.num_frames:
+        return False
+    if abs(probe.fps - cfg.fps) > 1e-3 or not np.array_equal(indices, np.arange(cfg.num_frames)):
+        return False
+    with av.open(str(item.video)) as container:
+        if not container.streams.video or not container.streams.audio:
+            return False
+        codecs = (container.streams.video[0].codec_context.name, container.streams.audio[0].codec_context.name)
+    return codecs == LINKABLE_CODECS
+
+
+def _link_clip(src: Path, dst: Path, mode: str) -> Path:
+    if mode == "reference":
+        return src
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    if mode == "hardlink":
+        try:
+            os.link(src, dst)
+            return dst
+        except OSError:  # another file system: fall back to a copy
+            pass
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _reference_frame(
+    clip: tuple[int, int], shot_index: int, shot_list: list[tuple[int, int]], found: np.ndarray, min_distance: int
+) -> tuple[int, str] | None:
+    """A frame with a detected face outside the clip: another shot first, else far enough in the same shot."""
+    start, end = clip
+    candidates = np.flatnonzero(found)
+    best: tuple[int, str] | None = None
+    best_distance = -1
+    for frame in candidates:
+        frame_shot = next(i for i, (s, e) in enumerate(shot_list) if s <= frame < e)
+        distance = start - frame if frame < start else frame - (end - 1)
+        if frame_shot != shot_index:
+            # any other shot beats the same shot; among them the farthest
+            key = distance + 10**9
+            how = f"other shot {frame_shot}"
+        elif distance >= min_distance:
+            key = distance
+            how = f"same shot, {distance} frames from the clip"
+        else:
+            continue
+        if key > best_distance:
+            best_distance, best = key, (int(frame), how)
+    return best
+
+
+def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, result: SourceResult) -> None:
+    source = result.source
+    caption = _source_caption(item)
+    try:
+        probe = probe_source(item.video)
+    except MediaError as err:
+        raise SourceRejected("unreadable", str(err)) from None
+    if min(probe.width, probe.height) < cfg.min_resolution:
+        raise SourceRejected(
+            "resolution_too_low", f"{probe.width}x{probe.height} < {cfg.min_resolution} px on the shorter side"
+        )
+    indices = resample_indices(probe.timestamps, probe.duration, cfg.fps)
+    result.seconds = len(indices) / cfg.fps
+    if len(indices) < cfg.num_frames:
+        raise SourceRejected(
+            "too_short", f"{len(indices)} frame(s) at {cfg.fps:g} fps < one clip of {cfg.num_frames} frames"
+        )
+    audio = _source_audio(item, len(indices), cfg.fps)
+    rms = speech.frame_rms(audio, len(indices), fps=cfg.fps)
+    if speech.is_silent(rms, cfg.silence_rms):
+        raise SourceRejected("silent_audio", f"loudest frame RMS {rms.max():.2e} < silence_rms {cfg.silence_rms:g}")
+
+    size = analysis_size(probe.width, probe.height, cfg.analysis_size)
+    try:
+        frames = decode_frames(item.video, indices, size)
+    except MediaError as err:
+        raise SourceRejected("decode_failed", str(err)) from None
+    shot_list = shots.detect_shots(frames, cfg.shot_threshold)
+    windows = shots.cut_clips(shot_list, cfg.num_frames)
+    if not windows:
+        longest = max(end - start for start, end in shot_list)
+        raise SourceRejected("no_shot_long_enough", f"longest shot {longest} frames < {cfg.num_frames}")
+
+    scale = size[0] / probe.width
+    raw_boxes, detector = _detect_boxes(item, cfg, frames, indices, scale)
+    found = np.isfinite(raw_boxes).all(axis=1)
+    result.face_detector, result.face_hit_rate = detector, float(found.mean())
+    vad = cfg.vad if cfg.vad != "auto" else ("energy" if item.synthetic else "silero")
+    result.vad = vad
+    if vad == "silero":
+        speaking = speech.silero_frame_speech(audio, len(indices), cfg.vad_threshold, fps=cfg.fps)
+    else:
+        speaking = speech.energy_frame_speech(rms, cfg.energy_threshold_db, cfg.silence_rms)
+    scorer = make_scorer(cfg.sync_scorer, cfg.sync_search)
+    samples_per_frame = AUDIO_SAMPLE_RATE / cfg.fps
+    whole = len(windows) == 1 and windows[0][1] == 0 and len(indices) == cfg.num_frames
+    linkable = whole and _can_link(item, probe, indices, cfg)
+    clip_reasons: Counter[str] = Counter()
+
+    for shot_index, start in windows:
+        end = start + cfg.num_frames
+        clip_id = item.source_id if whole else f"{item.source_id}_{start:06d}"
+        clip_boxes = raw_boxes[start:end]
+        problem = faces.face_problem(clip_boxes, size, cfg.min_face_fraction, cfg.min_face_size)
+        detail = f"{detector} found a face in {np.isfinite(clip_boxes).all(axis=1).mean():.0%} of the frames"
+        boxes = None
+        if problem is None:
+            boxes = faces.fill_missing_boxes(clip_boxes)
+        speech_ratio = float(speaking[start:end].mean())
+        if problem is None and speech_ratio < cfg.min_speech_ratio:
+            problem, detail = "too_little_speech", f"speech ratio {speech_ratio:.2f} < {cfg.min_speech_ratio:g}"
+        estimate = None
+        if problem is None:
+            lo, hi = int(round(start * samples_per_frame)), int(round(end * samples_per_frame))
+            estimate = scorer(frames[start:end], boxes, audio[lo:hi], cfg.fps, AUDIO_SAMPLE_RATE)
+            if abs(estimate.offset) > cfg.sync_max_offset:
+                problem = "sync_offset"
+                detail = f"offset {estimate.offset:+d} frames, |offset| > {cfg.sync_max_offset}"
+            elif estimate.confidence < cfg.sync_min_confidence:
+                problem = "sync_low_confidence"
+                detail = f"confidence {estimate.confidence:.3f} < {cfg.sync_min_confidence:g}"
+        bright = sharp = 0.0
+        if problem is None:
+            bright = quality.brightness(frames[start:end])
+            sharp = quality.sharpness(frames[start:end], boxes)
+            problem = quality.quality_problem(bright, sharp, cfg.min_brightness, cfg.max_brightness, cfg.min_sharpness)
+            detail = f"brightness {bright:.1f}, sharpness {sharp:.1f}"
+        reference = reference_source = None
+        if problem is None:
+            reference, reference_source = _reference(item, cfg, probe, indices, shot_list, shot_index, (start, end),
+                                                     found, raw_boxes, scale, out_dir, clip_id)
+            if reference is None:
+                problem, detail = "no_reference", "no face outside the clip: one shot, no distant segment"
+        if problem is not None:
+            clip_reasons[problem] += 1
+            result.rejects.append(_reject(source, clip_id, problem, detail))
+            continue
+
+        clip_caption = caption
+        if clip_caption is None:
+            clip_caption = CAPTIONERS[cfg.captioner](frames[start:end])
+        if linkable:
+            video = _link_clip(item.video, out_dir / "clips" / f"{clip_id}.mp4", cfg.link_mode)
+            width, height = probe.width, probe.height
+        else:
+            full = decode_frames(item.video, indices[start:end])
+            height, width = (full.shape[1] // 2) * 2, (full.shape[2] // 2) * 2
+            full = full[:, :height, :width]
+            lo, hi = int(round(start * samples_per_frame)), int(round(end * samples_per_frame))
+            video = write_video(out_dir / "clips" / f"{clip_id}.mp4", full, cfg.fps, audio[lo:hi])
+        to_clip = width / size[0]
+        clip_boxes_px = np.clip(boxes * to_clip, 0, [width, height, width, height])
+        sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        result.rows.append(
+            {
+                "clip_id": clip_id,
+                "source": source,
+                "video": portable_path(video, root),
+                "start_frame": int(start),
+                "num_frames": cfg.num_frames,
+                "fps": float(cfg.fps),
+                "width": int(width),
+                "height": int(height),
+                "caption": clip_caption,
+                "has_caption": clip_caption is not None,
+                "reference_image": portable_path(reference, root),
+                "reference_source": reference_source,
+                "face_boxes": np.round(clip_boxes_px, 2).tolist(),
+                "speech_ratio": speech_ratio,
+                "sync_offset": int(estimate.offset),
+                "sync_confidence": float(estimate.confidence),
+                "sync_distance": float(estimate.distance),
+                "split": item.split or cfg.folder_split,
+                "identity_id": item.identity_id,
+                "annotation": portable_path(item.annotation, root) if item.annotation else None,
+                "source_id": item.source_id,
+                "shot_index": int(shot_index),
+                "brightness": bright,
+                "sharpness": sharp,
+                "face_size": float(np.median(sides) / min(size)),
+                "face_detector": detector,
+                "linked": bool(linkable),
+            }
+        )
+    if not result.rows:
+        summary = ", ".join(f"{reason}={count}" for reason, count in sorted(clip_reasons.items()))
+        raise SourceRejected("no_usable_clip", f"{sum(clip_reasons.values())} clip(s) rejected: {summary}")
+
+
+def _reference(item, cfg, probe, indices, shot_list, shot_index, clip, found, raw_boxes, scale, out_dir, clip_id):
+    """(path, how) of the clip's reference image, or (None, None) when none can be taken."""
+    if item.reference_image is not None:
+        if not item.reference_image.is_file():
+            raise SourceRejected("reference_missing", f"{item.reference_image} listed by the dataset is missing")
+        return item.reference_image, "dataset"
+    choice = _reference_frame(clip, shot_index, shot_list, found, cfg.reference_min_distance)
+    if choice is None:
+        return None, None
+    frame_index, how = choice
+    full = decode_frames(item.video, indices[[frame_index]])[0]
+    crop = faces.face_crop(full, raw_boxes[frame_index] / scale, margin=REFERENCE_MARGIN)
+    from PIL import Image
+
+    path = out_dir / "references" / f"{clip_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(crop).save(path)
+    return path, f"crop: frame {frame_index} ({how})"
+
+
+# =====================================================================================================
+# The stage
+# =====================================================================================================
+
+
+@dataclass(frozen=True)
+class CurateSummary:
+    """Counts of a curation run (also written to ``reports/curate/summary.json``)."""
+
+    sources: int
+    sources_with_clips: int
+    rejected_sources: int
+    clips: int
+    rejected_clips: int
+    source_seconds: float
+    wall_seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"curate: {self.sources} source(s) -> {self.clips} clip(s) from {self.sources_with_clips} source(s), "
+            f"{self.rejected_sources} source(s) and {self.rejected_clips} clip(s) rejected; "
+            f"{self.source_seconds:.1f} s of source in {self.wall_seconds:.1f} s "
+            f"({self.source_seconds / max(self.wall_seconds, 1e-9):.1f}x real time)"
+        )
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def curate_sources(
+    items: list[SourceItem], cfg: CurateConfig, out_dir: Path, project_root: Path
+) -> list[SourceResult]:
+    """Run :func:`process_source` over ``items`` with ``cfg.workers`` processes and a progress bar."""
+    from tqdm.auto import tqdm
+
+    work = partial(process_source, cfg=cfg, out_dir=out_dir, project_root=project_root)
+    bar = tqdm(total=len(items), desc="curate", unit="source", disable=None)
+    results = []
+    if cfg.workers == 1 or len(items) <= 1:
+        for item in items:
+            results.append(work(item))
+            bar.update()
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(cfg.workers, initializer=_init_worker) as pool:
+            for result in pool.imap_unordered(work, items, chunksize=CHUNKSIZE):
+                results.append(result)
+                bar.update()
+    bar.close()
+    return sorted(results, key=lambda r: r.source)
+
+
+def check_accounting(items: list[SourceItem], results: list[SourceResult], project_root: Path) -> None:
+    """Every source is in exactly one of: the manifest (via its clips) or the source-level rejects.
+
+    Raises:
+        RuntimeError: a source is missing from both or present in both (a bug in curation).
+    """
+    sources = {portable_path(item.video, project_root) for item in items}
+    with_clips = {row["source"] for r in results for row in r.rows}
+    rejected = {rej["source"] for r in results for rej in r.rejects if rej["clip"] is None}
+    if with_clips & rejected or (with_clips | rejected) != sources or len(with_clips) + len(rejected) != len(items):
+        raise RuntimeError(
+            f"curation lost track of sources: {len(items)} in, {len(with_clips)} with clips, {len(rejected)} rejected"
+        )
+
+
+def run(cfg: CurateConfig, paths: PathsConfig, project_root: Path | None = None) -> CurateSummary:
+    """The ``curate`` stage: read the sources, curate them in parallel, write manifest, rejects and report.
+
+    Args:
+        cfg: the ``curate`` section.
+        paths: the ``paths`` section (``raw`` is read unless ``cfg.source_dir`` is set; outputs go to
+            ``artifacts/curate`` and ``reports/curate``).
+        project_root: manifest paths are relative to it; default the current folder.
+
+    Returns:
+        A :class:`CurateSummary`.
+
+    Raises:
+        FileNotFoundError: the source folder or its index is missing.
+    """
+    started = time.perf_counter()
+    root = Path(project_root) if project_root is not None else Path.cwd()
+    source_dir = cfg.source_dir if cfg.source_dir is not None else paths.raw
+    items = read_sources(cfg.source_format, source_dir, cfg.limit)
+    out_dir = Path(paths.artifacts) / "curate"
+    report_dir = Path(paths.reports) / "curate"
+    for stale in (out_dir / "clips", out_dir / "references"):
+        if stale.exists():
+            shutil.rmtree(stale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    results = curate_sources(items, cfg, out_dir.absolute(), root.absolute())
+    check_accounting(items, results, root.absolute())
+    rows = [row for r in results for row in r.rows]
+    rejects = [rej for r in results for rej in r.rejects]
+    write_manifest(rows, out_dir / "manifest.parquet")
+    write_rejects(rejects, out_dir / "rejects.jsonl")
+
+    summary = CurateSummary(
+        sources=len(items),
+        sources_with_clips=sum(1 for r in results if r.rows),
+        rejected_sources=sum(1 for rej in rejects if rej["clip"] is None),
+        clips=len(rows),
+        rejected_clips=sum(1 for rej in rejects if rej["clip"] is not None),
+        source_seconds=float(sum(r.seconds for r in results)),
+        wall_seconds=time.perf_counter() - started,
+    )
+    write_report(report_dir, summary, results, rows, rejects)
+    logger.info("%s", summary)
+    return summary
+
+
+def write_report(
+    report_dir: Path, summary: CurateSummary, results: list[SourceResult], rows: list[dict], rejects: list[dict]
+) -> None:
+    """``summary.json`` (counts per reason, face detection figures) and ``histograms.png`` of the clip figures."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    detectors = Counter(r.face_detector for r in results if r.face_detector)
+    opencv_rates = [r.face_hit_rate for r in results if r.face_detector == "opencv" and r.face_hit_rate is not None]
+    report = {
+        **summary.__dict__,
+        "throughput_source_seconds_per_second": summary.source_seconds / max(summary.wall_seconds, 1e-9),
+        "source_reject_reasons": dict(sorted(Counter(r["reason"] for r in rejects if r["clip"] is None).items())),
+        "clip_reject_reasons": dict(sorted(Counter(r["reason"] for r in rejects if r["clip"] is not None).items())),
+        "face_detectors": dict(detectors),
+        "vads": dict(Counter(r.vad for r in results if r.vad)),
+        "opencv_face_hit_rate": float(np.mean(opencv_rates)) if opencv_rates else None,
+        "linked_clips": sum(1 for row in rows if row["linked"]),
+        "clips_with_caption": sum(1 for row in rows if row["has_caption"]),
+        "splits": dict(Counter(row["split"] for row in rows)),
+    }
+    (report_dir / "summary.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    _histograms(rows, report_dir / "histograms.png")
+
+
+def _histograms(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = ("speech_ratio", "sync_offset", "sync_confidence", "face_size", "brightness", "sharpness")
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    for ax, column in zip(axes.reshape(-1), columns, strict=True):
+        values = [row[column] for row in rows]
+        if values:
+            ax.hist(values, bins=30, color="tab:blue")
+        ax.set_title(f"{column} (n={len(values)})")
+    fig.suptitle("curated clips")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
