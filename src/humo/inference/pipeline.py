@@ -665,7 +665,7 @@ class HumoPipeline:
         if num_frames is not None:
             return num_frames, notes
         if audio is None:
-            return self.max_frames, notes
+            return cap, notes
         frames = frames_for_audio(len(audio), cap)
         uncapped = frames_for_audio(len(audio), 10**9)
         if uncapped > frames:
@@ -688,6 +688,7 @@ class HumoPipeline:
         height: int = 64,
         width: int = 64,
         num_frames: int | None = None,
+        max_frames: int | None = None,
         num_inference_steps: int = 50,
         guidance: GuidanceSchedule | None = None,
         generator: torch.Generator | None = None,
@@ -708,6 +709,7 @@ class HumoPipeline:
             mode: ``T``, ``TI``, ``TA`` or ``TIA``; None infers it from the inputs given.
             height, width: output size in pixels (multiples of 16).
             num_frames: video frames (4k+1); None: from the audio (capped by ``max_frames``), else ``max_frames``.
+            max_frames: overrides the pipeline's cap for this call.
             num_inference_steps: solver steps.
             guidance: the CFG schedule; None: upstream's 17B form with its default scales for ``mode``.
             generator: seeds the initial noise.
@@ -726,12 +728,13 @@ class HumoPipeline:
         timings: dict[str, float] = {}
         # 1. check inputs and resolve mode and length
         mode = mode or self.infer_mode(image, audio)
-        self.check_inputs(prompt, image, audio, mode, height, width, num_frames, num_inference_steps)
+        cap = self.max_frames if max_frames is None else max_frames
+        self.check_inputs(prompt, image, audio, mode, height, width, num_frames, num_inference_steps, cap)
         if output_type not in ("np", "pt", "latent", "mp4"):
             raise ValueError(f"unknown output_type {output_type!r}; use 'np', 'pt', 'latent' or 'mp4'")
         if output_type == "mp4" and output_path is None:
             raise ValueError("output_type='mp4' needs output_path (where to write the video)")
-        num_frames, notes = self.resolve_num_frames(audio, num_frames, self.max_frames)
+        num_frames, notes = self.resolve_num_frames(audio, num_frames, cap)
         if audio is not None and audio_is_silent(audio):
             notes.append("the audio is silent: expect a closed mouth")
         if guidance is None:
