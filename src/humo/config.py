@@ -270,6 +270,102 @@ class ValidateConfig(Section):
     """Range every ``sync_confidence`` must fall in (the distance is in [0, 2])."""
 
 
+class PiecewiseScaleConfig(Section):
+    """A guidance scale that is piecewise constant in the timestep (``humo.diffusion.guidance.PiecewiseScale``).
+
+    ``values[k]`` applies while the timestep is above ``switch_points[k]``; ``values[-1]`` below the last one.
+    """
+
+    values: tuple[float, ...] = (1.0,)
+    switch_points: tuple[float, ...] = ()
+    """Strictly decreasing timesteps in (0, 1000); one fewer than ``values``."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PiecewiseScaleConfig:
+        if len(self.values) != len(self.switch_points) + 1:
+            raise ValueError(
+                f"values={list(self.values)} needs exactly one more entry than switch_points={list(self.switch_points)}"
+            )
+        if any(a <= b for a, b in zip(self.switch_points, self.switch_points[1:])):
+            raise ValueError(f"switch_points={list(self.switch_points)} must be strictly decreasing (e.g. [980, 500])")
+        return self
+
+
+class GuidanceConfig(Section):
+    """Multi-condition classifier-free guidance (humo-reference.md 2.2); see ``humo.diffusion.guidance``."""
+
+    form: Literal["humo-17b", "humo-1.7b", "custom"] = "humo-17b"
+    """``humo-17b``: 3 branches, time-adaptive switch; ``humo-1.7b``: 4 static branches; ``custom``: Eq. (4)
+    nesting with the piecewise scales of ``custom``."""
+    scale_text: float = 5.0
+    """Upstream ``scale_t`` (17B 5.0; 1.7B scripts 7.0)."""
+    scale_image: float = 4.0
+    """Upstream ``scale_i`` (1.7B only; the 17B form merges image into the text term)."""
+    scale_audio: float = 5.5
+    """Upstream ``scale_a`` (17B 5.5; 1.7B 7.5)."""
+    switch_timestep: float = Field(980.0, ge=0, le=1000)
+    """17B form: above it text-only guidance (image kept in the negative), below it joint text+image."""
+    late_text_offset: float = 2.0
+    """17B form: after the switch the text+image scale is ``scale_text - late_text_offset``."""
+    custom: dict[Literal["text", "image", "audio"], PiecewiseScaleConfig] = Field(default_factory=dict)
+    """``form: custom`` only: a piecewise scale per condition, e.g. ``text: {values: [7, 4], switch_points: [980]}``."""
+
+
+class LongVideoConfig(Section):
+    """Videos longer than one window: sliding windows over the latent sequence (humo.inference.long_video)."""
+
+    enabled: bool = False
+    """Generate audio longer than ``generate.max_frames`` in windows of ``max_frames`` (else cut it there)."""
+    overlap_latent_frames: int = Field(2, ge=1)
+    """Latent frames each window shares with the previous one (held to the previous window's clean latents)."""
+    max_total_frames: int = Field(1001, ge=1)
+    """Hard cap on a request's frames over all windows (4k+1); longer audio is cut with a warning."""
+
+
+class GenerateConfig(Section):
+    """Sampling (``humo generate``, the batch-inference flow and evaluation): solver, guidance, sizes, lengths."""
+
+    mode: Literal["T", "TI", "TA", "TIA"] = "TIA"
+    """Default mode of a request (a request may override it): text, + image, + audio."""
+    solver: Literal["unipc", "euler"] = "unipc"
+    """``unipc``: diffusers UniPC configured as upstream's flow UniPC (order 2, bh2); ``euler``: flow Euler."""
+    steps: int = Field(50, ge=1, le=1000)
+    """Denoising steps (upstream 50; its README suggests 30-40 for speed)."""
+    shift: float = Field(5.0, gt=0)
+    """Time shift of the sampling schedule ``s * sigma / (1 + (s - 1) * sigma)`` (upstream 5.0)."""
+    seed: int = 666666
+    """Default seed of a request (upstream's default)."""
+    height: int = Field(64, ge=16, le=4096)
+    width: int = Field(64, ge=16, le=4096)
+    max_frames: int = Field(97, ge=1)
+    """Frames of one generation window (4k+1): audio decides the length, capped here (upstream trained at 97)."""
+    long_video: LongVideoConfig = LongVideoConfig()
+    negative_prompt: str | None = None
+    """The null text; None = the text encoder's default (``humo.models.encoders.NEGATIVE_PROMPT``)."""
+    guidance: GuidanceConfig = GuidanceConfig()
+    crf: int = Field(18, ge=0, le=51)
+    """x264 quality of written videos (lower is better)."""
+    progress_bar: bool = True
+    """Show a tqdm bar over the denoising steps."""
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        if self.height % 16 or self.width % 16:
+            raise ValueError(
+                f"height x width = {self.height}x{self.width} must be multiples of 16 (VAE 8x, patch 2x), e.g. 64x64"
+            )
+        caps = (("max_frames", self.max_frames), ("long_video.max_total_frames", self.long_video.max_total_frames))
+        for name, value in caps:
+            if (value - 1) % 4:
+                raise ValueError(f"{name}={value} must be of the form 4k+1 (e.g. 97)")
+        if self.long_video.overlap_latent_frames >= (self.max_frames - 1) // 4 + 1:
+            raise ValueError(
+                f"long_video.overlap_latent_frames={self.long_video.overlap_latent_frames} must be smaller than the "
+                f"{(self.max_frames - 1) // 4 + 1} latent frames of a max_frames={self.max_frames} window"
+            )
+        return self
+
+
 class Params(Section):
     """The whole of params.yaml. Each field is one top-level section."""
 
@@ -280,6 +376,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     encoders: EncodersConfig = EncodersConfig()
     train_vae: TrainVaeConfig = TrainVaeConfig()
+    generate: GenerateConfig = GenerateConfig()
     curate: CurateConfig = CurateConfig()
     validation: ValidateConfig = ValidateConfig()
     """Checks of the curated manifest; named ``validation`` because ``validate`` shadows a pydantic method."""
