@@ -77,3 +77,9 @@ def portrait(real_data) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(real_data / "humo_man_Jaime.png").convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def model_factory():
+    """``make_transformer`` for tests that need their own model (e.g. to save a checkpoint)."""
+    return make_transformer
