@@ -123,6 +123,7 @@ def generate_long(
     output_path: str | Path | None = None,
     progress: bool = True,
     crf: int = 18,
+    condition_on_previous: bool = True,
 ) -> tuple[HumoPipelineOutput, list[int]]:
     """Generate a video as long as ``audio`` (up to ``max_total_frames``) in sliding latent windows.
 
@@ -135,6 +136,9 @@ def generate_long(
         max_total_frames: cap on the whole video's frames.
         num_frames: explicit total frames (4k+1), else from the audio.
         output_type, output_path, progress, crf: as :meth:`HumoPipeline.__call__`.
+        condition_on_previous: hold each window's first frames to the previous window (the method); False
+            generates the windows independently and just cuts them together (the baseline seams are measured
+            against).
 
     Returns:
         ``(output, seams)``: the pipeline output for the whole video and the pixel frames where windows join.
@@ -175,7 +179,7 @@ def generate_long(
         ref_noise = pipeline.prepare_latents(0, height, width, generator)  # [1, 16, n_ref, h, w]
         latents = torch.cat([full_noise[:, :, first:stop], ref_noise], dim=2)
         prefix = None
-        if done > first:
+        if done > first and condition_on_previous:
             prefix = KnownPrefix(latents=assembled[:, :, first:done], noise=full_noise[:, :, first:done])
         latents = pipeline.denoise(
             latents, inputs, guidance, num_inference_steps, known_prefix=prefix, progress=progress
