@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -32,24 +33,42 @@ from humo.diffusion.flow_matching import add_noise, sample_training_sigmas, velo
 
 logger = logging.getLogger(__name__)
 
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf; a checkpoint of the weights before that step was written."""
+
 TRAINABLE_PATTERNS: dict[int, tuple[str, ...]] = {
     1: ("self_attn.",),
     2: ("self_attn.", "audio_proj.", "audio_cross_attn_wrapper.", "mask_predictor."),
 }
 """Parameter-name fragments trained in each stage (paper section 3.3/3.4)."""
+AUDIO_PATTERNS = ("audio_proj.", "audio_cross_attn_wrapper.", "mask_predictor.")
+"""The audio-related modules stage 2 adds; frozen (and unused) in stage 1 whatever else trains."""
 
 
-def trainable_parameter_names(model: nn.Module, stage: int) -> list[str]:
-    """Names of the parameters that train in ``stage`` (1 or 2)."""
+def trainable_parameter_names(model: nn.Module, stage: int, stage1_scope: str = "self_attention") -> list[str]:
+    """Names of the parameters that train in ``stage`` (1 or 2).
+
+    Args:
+        model: the transformer.
+        stage: 1 or 2.
+        stage1_scope: ``self_attention`` (the paper: minimal-invasive, on a pretrained backbone) or ``backbone``
+            (every non-audio parameter; for a randomly initialised model, which has no pretrained backbone).
+    """
     if stage not in TRAINABLE_PATTERNS:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
+    names = [name for name, _ in model.named_parameters()]
+    if stage == 1 and stage1_scope == "backbone":
+        return [name for name in names if not any(p in name for p in AUDIO_PATTERNS)]
+    if stage1_scope not in ("self_attention", "backbone"):
+        raise ValueError(f"stage1_scope must be 'self_attention' or 'backbone', got {stage1_scope!r}")
     patterns = TRAINABLE_PATTERNS[stage]
-    return [name for name, _ in model.named_parameters() if any(p in name for p in patterns)]
+    return [name for name in names if any(p in name for p in patterns)]
 
 
-def freeze_for_stage(model: nn.Module, stage: int) -> list[str]:
+def freeze_for_stage(model: nn.Module, stage: int, stage1_scope: str = "self_attention") -> list[str]:
     """Set ``requires_grad`` so that exactly the stage's parameters train; returns their names."""
-    names = set(trainable_parameter_names(model, stage))
+    names = set(trainable_parameter_names(model, stage, stage1_scope))
     if not names:
         raise ValueError(f"no parameter of {type(model).__name__} matches stage {stage}'s patterns {TRAINABLE_PATTERNS[stage]}")
     for name, param in model.named_parameters():
@@ -98,15 +117,37 @@ class EmaWeights:
                 self.shadow[name].lerp_(param.detach(), 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadow weights as they are (DTensor shards under FSDP)."""
         return dict(self.shadow)
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadow weights as whole CPU tensors (a collective under FSDP: every rank must call it)."""
+        return {name: _full_tensor(value).detach().cpu().clone() for name, value in self.shadow.items()}
+
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         missing = set(self.shadow) - set(state)
         if missing:
             raise ValueError(f"EMA state lacks {sorted(missing)[:5]}... ({len(missing)} names)")
         for name, value in state.items():
             if name in self.shadow:
-                self.shadow[name].copy_(value)
+                target = self.shadow[name]
+                if _is_dtensor(target) and not _is_dtensor(value):
+                    from torch.distributed.tensor import distribute_tensor
+
+                    value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements)
+                target.copy_(value)
+
+
+def _is_dtensor(value: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(value, DTensor)
+
+
+def _full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor gathered to a whole tensor; a plain tensor as it is."""
+    return value.full_tensor() if _is_dtensor(value) else value
 
 
 class HumoSystem(L.LightningModule):
@@ -116,13 +157,17 @@ class HumoSystem(L.LightningModule):
         transformer: the DiT (``HumoTransformer3D``), already initialised or loaded.
         stage: 1 (subject preservation) or 2 (audio-visual sync).
         null_text_embeds: ``(L, D)`` embedding of the negative prompt, used when text is dropped.
-        learning_rate, weight_decay, warmup_steps: AdamW and a linear warm-up.
+        learning_rate, weight_decay, warmup_steps: AdamW and a linear warm-up, then constant.
         condition_dropout: probabilities of dropping ``text``, ``image`` and ``audio`` per sample.
         audio_share_start, audio_share_end, audio_ramp_steps: stage-2 task mix (paper: 20% -> 50%).
         mask_loss_weight: weight of the focus-by-predicting loss (stage 2).
         timestep_distribution, timestep_shift: how noise levels are sampled.
         ema_decay: decay of the EMA of the trainable weights.
-        seed: seeds the system's own generator (dropout, task mix, noise levels, noise).
+        seed: seeds the system's own randomness (dropout, task mix, noise levels, noise) per global step.
+        fsdp: shard every transformer block and the root with ``fully_shard`` in :meth:`configure_model`.
+        gradient_checkpointing: recompute block activations in the backward pass.
+        nan_checkpoint_dir: where the checkpoint written before a non-finite loss goes.
+        stage1_scope: what stage 1 trains: ``self_attention`` (paper) or ``backbone`` (random init).
     """
 
     def __init__(
@@ -142,14 +187,27 @@ class HumoSystem(L.LightningModule):
         timestep_shift: float = 1.0,
         ema_decay: float = 0.999,
         seed: int = 0,
+        fsdp: bool = False,
+        gradient_checkpointing: bool = False,
+        nan_checkpoint_dir: str | None = None,
+        stage1_scope: Literal["self_attention", "backbone"] = "self_attention",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["transformer", "null_text_embeds"])
+        if getattr(getattr(transformer, "humo_config", None), "reference_mode", "temporal") != "temporal":
+            # Deviation from upstream: the 17B channel layout needs Wan's zero-video latent for the condition
+            # channels; our trainer implements the 1.7B temporal layout only.
+            raise ValueError(
+                "training supports reference_mode='temporal' presets (tiny, humo-1.7b); the channel layout of "
+                "humo-17b needs the zero-video condition latent, which the trainer does not build"
+            )
         self.transformer = transformer
         self.stage = stage
         self.register_buffer("null_text_embeds", null_text_embeds.float(), persistent=False)
         self.condition_dropout = {"text": 0.1, "image": 0.1, "audio": 0.1, **(condition_dropout or {})}
-        self.trainable_names = freeze_for_stage(transformer, stage)
+        self.trainable_names = freeze_for_stage(transformer, stage, stage1_scope)
+        if gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
         self.ema: EmaWeights | None = None
         self._seed = seed
 
@@ -157,27 +215,48 @@ class HumoSystem(L.LightningModule):
     # Lightning hooks, in Lightning's order
     # ------------------------------------------------------------------------------------------------
 
+    def configure_model(self) -> None:
+        """FSDP2: one wrapping unit per transformer block, then the root (design.md section 6)."""
+        if not self.hparams.fsdp or _is_dtensor(next(self.transformer.parameters())):
+            return
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for block in self.transformer.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.transformer, mesh=mesh)
+
     def on_fit_start(self) -> None:
         if self.ema is None:
             self.ema = EmaWeights(self._trainable_named_parameters(), self.hparams.ema_decay)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        losses = self._step(batch, generator=self._generator(batch_idx, "train"))
+        losses = self._step(batch, generator=self._generator(), drop=True)
         batch_size = batch["video_latents"].shape[0]
+        finite = bool(torch.isfinite(losses["loss"]))
+        if self.trainer.world_size > 1:
+            finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        if not finite:
+            self._stop_on_non_finite(losses)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size)
-        self.log("train/audio_share", self._audio_share(), batch_size=batch_size)
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size, sync_dist=False)
+        if self.stage == 2:
+            self.log("train/audio_share", self._audio_share(), batch_size=batch_size)
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The EMA follows each optimizer step here, before any on_train_batch_end hook (where checkpoints are
+        # written), so a checkpoint always holds the EMA of the weights it holds.
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self._trainable_named_parameters())
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        # Fixed generator per batch: validation loss is comparable across epochs.
-        losses = self._step(batch, generator=torch.Generator(device="cpu").manual_seed(10_000 + batch_idx), drop=False)
+        # Fixed generator per batch and no dropout: validation loss is comparable across evaluations.
+        generator = torch.Generator(device="cpu").manual_seed(10_000 + batch_idx)
+        losses = self._step(batch, generator=generator, drop=False, shard=False)
         for name, value in losses.items():
-            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=batch["video_latents"].shape[0])
+            self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=batch["video_latents"].shape[0], sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.transformer.parameters() if p.requires_grad]
@@ -188,41 +267,64 @@ class HumoSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None:
-            checkpoint["ema"] = self.ema.state_dict()
+            checkpoint["ema"] = self.ema.full_state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "ema" in checkpoint:
-            self.ema = EmaWeights(self._trainable_named_parameters(), self.hparams.ema_decay)
+            if self.ema is None:
+                self.ema = EmaWeights(self._trainable_named_parameters(), self.hparams.ema_decay)
             self.ema.load_state_dict(checkpoint["ema"])
 
     # ------------------------------------------------------------------------------------------------
     # The objective
     # ------------------------------------------------------------------------------------------------
 
-    def _step(self, batch: dict[str, torch.Tensor], generator: torch.Generator, drop: bool = True) -> dict[str, torch.Tensor]:
+    def _step(
+        self, batch: dict[str, torch.Tensor], generator: torch.Generator, drop: bool = True, shard: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Flow-matching loss (+ mask loss in stage 2) of one batch.
+
+        Args:
+            batch: ``video_latents (B, 16, F, h, w)``, ``ref_latents (B, 16, 1, h, w)``, ``text_embeds (B, L, D)``,
+                ``audio_features (B, F, 8, G, C)``, ``face_mask (B, F, h, w)``.
+            generator: CPU generator for every random draw of the step.
+            drop: apply condition dropout and the stage-2 task mix (training); without it every condition is
+                kept and stage 2 uses audio for all samples (validation).
+            shard: draw randomness for the global batch and take this process's slice, so that N processes
+                with B/N clips each draw exactly what one process with B clips draws.
+
+        Returns:
+            ``loss``, ``flow_loss``, per-task flow losses, and in stage 2 ``mask_loss`` and ``mask_accuracy``.
+        """
         x0 = batch["video_latents"]  # (B, 16, F, h, w)
         batch_size, _, num_frames = x0.shape[:3]
         device = x0.device
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if shard and self._trainer else (0, 1)
+        total = batch_size * world
+        part = slice(rank * batch_size, (rank + 1) * batch_size)
 
-        # 1. noise levels and noisy latents
+        def draw(fn: Any, *shape: int) -> torch.Tensor:
+            return fn(total, *shape, generator=generator)[part].to(device)
+
+        # 1. noise levels (logit-normal + shift) and noisy latents x_t = (1 - s) x0 + s noise
         sigmas = sample_training_sigmas(
-            batch_size, generator, self.hparams.timestep_distribution, self.hparams.timestep_shift
-        ).to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device=device, dtype=x0.dtype)
+            total, generator, self.hparams.timestep_distribution, self.hparams.timestep_shift
+        )[part].to(device)
+        noise = draw(torch.randn, *x0.shape[1:]).to(x0.dtype)
         x_t = add_noise(x0, noise, sigmas)
 
-        # 2. condition dropout (per sample, independent)
+        # 2. condition dropout (per sample, independent); 3. task mix: audio only for the sync task
         keep = {name: torch.ones(batch_size, dtype=torch.bool, device=device) for name in ("text", "image", "audio")}
+        uniforms = {name: draw(torch.rand) for name in ("text", "image", "audio", "task")}
         if drop:
             for name in keep:
-                keep[name] = torch.rand(batch_size, generator=generator).to(device) >= self.condition_dropout[name]
-
-        # 3. task mix: stage 1 never sees audio; stage 2 gives the sync task to a rising share of samples
+                keep[name] = uniforms[name] >= self.condition_dropout[name]
         if self.stage == 1:
-            keep["audio"] = torch.zeros_like(keep["audio"])
+            sync_task = torch.zeros(batch_size, dtype=torch.bool, device=device)
         else:
             share = self._audio_share() if drop else 1.0
-            keep["audio"] &= torch.rand(batch_size, generator=generator).to(device) < share
+            sync_task = uniforms["task"] < share
+        keep["audio"] = keep["audio"] & sync_task
 
         text = torch.where(keep["text"][:, None, None], batch["text_embeds"], self.null_text_embeds.to(x0.dtype))
         ref = batch["ref_latents"] * keep["image"][:, None, None, None, None]
@@ -230,7 +332,7 @@ class HumoSystem(L.LightningModule):
         num_ref = ref.shape[2]
         audio = torch.cat([audio, audio.new_zeros(batch_size, num_ref, *audio.shape[2:])], dim=1)
 
-        # 4. velocity prediction on [x_t ; reference], loss on the video frames only
+        # 4. velocity prediction on [x_t ; reference], loss on the video frames only (never the reference slot)
         output = self.transformer(
             hidden_states=torch.cat([x_t, ref], dim=2),
             timestep=sigmas * NUM_TRAIN_TIMESTEPS,
@@ -240,22 +342,36 @@ class HumoSystem(L.LightningModule):
             return_mask=self.stage == 2,
         )
         prediction = output.sample[:, :, :num_frames]
-        flow_loss = F.mse_loss(prediction.float(), velocity_target(x0, noise).float())
+        per_sample = (prediction.float() - velocity_target(x0, noise).float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+        flow_loss = per_sample.mean()
         losses = {"flow_loss": flow_loss, "loss": flow_loss}
+        if self.stage == 2 and drop:
+            # per-task losses (NaN-free: a task absent from the batch contributes a zero-weight mean)
+            for name, chosen in (("flow_loss_sync", sync_task), ("flow_loss_subject", ~sync_task)):
+                weight = chosen.float()
+                losses[name] = (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
 
-        # 5. focus-by-predicting (stage 2)
+        # 5. focus-by-predicting (stage 2): size-weighted BCE against the latent-grid face mask
         if self.stage == 2 and output.mask_logits is not None:
             mask = batch["face_mask"].to(output.mask_logits.dtype)
             mask_loss = size_weighted_bce(output.mask_logits, mask)
             losses["mask_loss"] = mask_loss
             losses["mask_accuracy"] = ((output.mask_logits > 0) == (mask > 0.5)).float().mean()
             losses["loss"] = flow_loss + self.hparams.mask_loss_weight * mask_loss
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(
-                f"non-finite loss {losses['loss'].item()} at global step {self.global_step} "
-                f"(flow {flow_loss.item()}); lower the learning rate or check the features"
-            )
         return losses
+
+    def _stop_on_non_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Write a checkpoint of the weights before this step, then raise NonFiniteLossError naming the step."""
+        step = self.global_step
+        path = None
+        if self.hparams.nan_checkpoint_dir:
+            path = Path(self.hparams.nan_checkpoint_dir) / f"nonfinite-step{step}.ckpt"
+            self.trainer.save_checkpoint(path)
+        values = {name: float(value.detach()) for name, value in losses.items()}
+        raise NonFiniteLossError(
+            f"non-finite loss at global step {step} ({values}); checkpoint before the step: {path}. "
+            "Lower the learning rate (train_stage*.learning_rate) or check the features"
+        )
 
     # ------------------------------------------------------------------------------------------------
     # Helpers
@@ -266,19 +382,21 @@ class HumoSystem(L.LightningModule):
             self.global_step, self.hparams.audio_share_start, self.hparams.audio_share_end, self.hparams.audio_ramp_steps
         )
 
-    def _generator(self, batch_idx: int, split: str) -> torch.Generator:
-        """A generator seeded from (seed, global step): resumed runs draw the same randomness."""
-        offset = 0 if split == "train" else 1
-        return torch.Generator(device="cpu").manual_seed(self._seed * 1_000_003 + 2 * self.global_step + offset)
+    def _generator(self) -> torch.Generator:
+        """A CPU generator seeded from (seed, global step): a resumed run draws the same randomness."""
+        return torch.Generator(device="cpu").manual_seed(self._seed * 1_000_003 + self.global_step)
 
     def _trainable_named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
         names = set(self.trainable_names)
         return ((n, p) for n, p in self.transformer.named_parameters() if n in names)
 
-    def ema_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full transformer state with the EMA weights in place of the trained ones."""
-        state = {k: v.detach().clone() for k, v in self.transformer.state_dict().items()}
+    def full_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(raw, ema)`` whole transformer state dicts on the CPU; the EMA one has the EMA weights in place of
+        the trained ones. A collective under FSDP: every rank must call it."""
+        raw = {}
+        for name, value in self.transformer.state_dict().items():
+            raw[name] = _full_tensor(value).detach().cpu().clone()
+        ema = dict(raw)
         if self.ema is not None:
-            state.update({k: v.detach().clone() for k, v in self.ema.state_dict().items()})
-        return state
-
+            ema.update(self.ema.full_state_dict())
+        return raw, ema

@@ -1,0 +1,389 @@
+"""The ``train_stage1`` and ``train_stage2`` stages: two-stage progressive training of the HuMo DiT.
+
+``run(stage=1, ...)`` trains subject preservation (text + reference image; self-attention only) from a random
+init (or released weights, ``model.checkpoint``); ``run(stage=2, ...)`` starts from stage 1's EMA weights and
+trains audio-visual sync (self-attention + audio projection, audio cross-attention and mask predictor) with the
+task mix rising from 20% to 50% audio samples. Both read only the precomputed shards (``artifacts/precompute``).
+
+Outputs in ``artifacts/train_stage{N}`` (contract (3), :mod:`humo.training.checkpoints`): ``model.safetensors``,
+``ema.safetensors``, ``config.json``, ``run.json`` and ``checkpoints/last.ckpt`` (resumable Lightning checkpoint:
+weights, optimizer, scheduler, EMA, step). Calling ``run`` again after a crash or a kill resumes from
+``last.ckpt`` when the settings are the same; data order and randomness are functions of the step, so a resumed
+run ends with the same weights as an uninterrupted one (bitwise on CPU in one process).
+
+Tracking: one MLflow run per stage (nested under ``$HUMO_PARENT_RUN_ID`` when a flow sets it) with the resolved
+config as params, per-task losses, learning rate, samples/s and the mask accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from humo.config import ModelConfig, PathsConfig, TrackingConfig, TrainConfig, TrainStage1Config, TrainStage2Config
+from humo.features.shards import ShardIndex, file_sha256
+from humo.models.presets import HumoDiTConfig, get_preset
+from humo.training.checkpoints import EMA_FILE, check_preset, save_trained
+from humo.training.datamodule import ShardDataModule
+from humo.training.strategies import build_strategy
+from humo.training.system import HumoSystem, NonFiniteLossError
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_ENV = "HUMO_TRAIN_RUN_ID"
+"""Set by rank 0 before the worker processes start, so they log into the same MLflow run."""
+RESUME_CHECKPOINT = "last.ckpt"
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+@dataclass
+class TrainResult:
+    """What a training stage produced."""
+
+    stage: int
+    out_dir: Path
+    run_id: str | None
+    steps: int
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss) for every evaluation, the first one before any training step."""
+
+
+# =====================================================================================================
+# Callbacks
+# =====================================================================================================
+
+
+class ThroughputAndHistory(L.Callback):
+    """Logs samples/s over each logging interval and records the validation-loss history."""
+
+    def __init__(self, batch_size: int, every_n_steps: int) -> None:
+        self.batch_size = batch_size
+        self.every = every_n_steps
+        self.val_history: list[tuple[int, float]] = []
+        self._last: tuple[float, int] | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        now, step = time.perf_counter(), trainer.global_step
+        if self._last is None:
+            self._last = (now, step)
+        elif step - self._last[1] >= self.every:
+            rate = (step - self._last[1]) * self.batch_size / (now - self._last[0])
+            pl_module.log("train/samples_per_sec", rate, batch_size=self.batch_size)
+            self._last = (now, step)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get("val/loss")
+        if value is not None and not trainer.sanity_checking:
+            self.val_history.append((trainer.global_step, float(value)))
+            logger.info("step %d: validation loss %.4f", trainer.global_step, float(value))
+
+
+# =====================================================================================================
+# Checks before any step
+# =====================================================================================================
+
+
+def _check_features(example: dict[str, torch.Tensor], cfg: HumoDiTConfig, folder: Path) -> None:
+    """Refuse shards whose shapes do not fit the model (another encoder or VAE than the preset expects)."""
+    text_len, text_dim = example["text_embeds"].shape
+    groups, channels = example["audio_features"].shape[-2:]
+    channels_latent, _, height, width = example["video_latents"].shape
+    problems = []
+    if text_dim != cfg.text_dim or text_len > cfg.text_len:
+        problems.append(f"text states ({text_len}, {text_dim}) vs model text_len>={text_len}, text_dim={cfg.text_dim}")
+    if (groups, channels) != (cfg.audio_groups, cfg.audio_channels):
+        problems.append(f"audio (groups, channels) ({groups}, {channels}) vs ({cfg.audio_groups}, {cfg.audio_channels})")
+    if channels_latent != cfg.out_channels:
+        problems.append(f"latent channels {channels_latent} vs out_channels {cfg.out_channels}")
+    if height % cfg.patch_size[1] or width % cfg.patch_size[2]:
+        problems.append(f"latent grid {height}x{width} not divisible by the patch {cfg.patch_size[1:]}")
+    if problems:
+        raise ValueError(
+            f"the shards in {folder} do not fit the model preset: {'; '.join(problems)}. Re-run precompute with "
+            "the encoders that match model.preset (or pick the preset that matches encoders)"
+        )
+
+
+def _fingerprint(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resume_path(ckpt_dir: Path, fingerprint: str, resume: bool) -> Path | None:
+    """``last.ckpt`` when it was written with the same settings; otherwise clear the folder and start fresh."""
+    last = ckpt_dir / RESUME_CHECKPOINT
+    marker = ckpt_dir / FINGERPRINT_FILE
+    if resume and last.is_file() and marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+        return last
+    if ckpt_dir.exists():
+        if last.is_file():
+            logger.warning("%s was written with other settings (or resume is off): starting over", last)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    return None
+
+
+def _rank() -> int:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
+# =====================================================================================================
+# The stage
+# =====================================================================================================
+
+
+def run(
+    stage: Literal[1, 2],
+    train: TrainConfig,
+    stage_cfg: TrainStage1Config | TrainStage2Config,
+    model: ModelConfig,
+    tracking: TrackingConfig,
+    paths: PathsConfig,
+    root: Path = Path("."),
+    resume: bool = True,
+) -> TrainResult:
+    """Train one stage on the precomputed shards and write its checkpoint folder.
+
+    Args:
+        stage: 1 (subject preservation) or 2 (audio-visual sync).
+        train: settings both stages share (batch, strategy, precision, dropout, EMA, cadence).
+        stage_cfg: ``train_stage1`` or ``train_stage2`` (steps, learning rate; stage 2: task mix, mask weight).
+        model: the preset (and overrides; stage 1 may start from released weights ``model.checkpoint``).
+        tracking: MLflow store and experiment.
+        paths: ``artifacts`` holds ``precompute/`` and ``curate/manifest.parquet`` (inputs), ``train_stage1/``
+            (stage 2's start) and the output ``train_stage{stage}/``.
+        root: the project root (relative ``paths`` are resolved against it).
+        resume: continue from ``checkpoints/last.ckpt`` when it was written with the same settings.
+
+    Returns:
+        A :class:`TrainResult` (output folder, MLflow run id, metrics, validation history).
+
+    Raises:
+        FileNotFoundError: no shards, no manifest, or (stage 2) no stage-1 checkpoint.
+        ValueError: stale or empty shards, shards that do not fit the preset, a stage-1 checkpoint of another
+            preset; all before any training step.
+        NonFiniteLossError: the loss became NaN/inf (a checkpoint of the weights before that step is written).
+    """
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    expected_cfg = TrainStage1Config if stage == 1 else TrainStage2Config
+    if not isinstance(stage_cfg, expected_cfg):
+        raise TypeError(f"stage {stage} takes a {expected_cfg.__name__}, got {type(stage_cfg).__name__}")
+    root = Path(root)
+    artifacts = paths.artifacts if paths.artifacts.is_absolute() else root / paths.artifacts
+    shards_dir = artifacts / "precompute"
+    manifest_path = artifacts / "curate" / "manifest.parquet"
+    out_dir = artifacts / f"train_stage{stage}"
+    init_dir = artifacts / "train_stage1"
+    rank = _rank()
+
+    # 1. everything that can be wrong with the inputs, before any step
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"manifest {manifest_path} not found: the shards cannot be checked; run curate first")
+    ShardIndex.load(shards_dir)  # a clear error when precompute never ran
+    manifest_hash = file_sha256(manifest_path)
+    datamodule = ShardDataModule(
+        shards_dir,
+        batch_size=train.batch_size,
+        num_steps=stage_cfg.steps,
+        num_workers=train.num_workers,
+        seed=train.seed,
+        val_batches=train.val_batches,
+        expected_provenance={"manifest_sha256": manifest_hash},
+    )
+    transformer_cfg = get_preset(model.preset, **model.overrides)
+    _check_features(datamodule.example(), transformer_cfg, shards_dir)
+    if stage == 2:
+        check_preset(init_dir, model.preset, transformer_cfg)
+
+    # 2. the model: stage 1 from a seeded init (or released weights), stage 2 from stage 1's EMA weights
+    L.seed_everything(train.seed, workers=True, verbose=False)
+    from humo.models.transformer import HumoTransformer3D
+
+    if stage == 1 and model.checkpoint is not None:
+        from humo.models.convert import load_humo_checkpoint
+
+        transformer = load_humo_checkpoint(model.checkpoint, transformer_cfg)
+    else:
+        transformer = HumoTransformer3D.from_preset(transformer_cfg)
+    if stage == 1 and model.checkpoint is None and stage_cfg.trainable == "self_attention":
+        logger.warning(
+            "stage 1 trains only self-attention but model.checkpoint is None: the frozen backbone is random and "
+            "its output head starts at zero, so little can be learnt; set train_stage1.trainable=backbone"
+        )
+    if stage == 2:
+        from safetensors.torch import load_file
+
+        transformer.load_state_dict(load_file(str(init_dir / EMA_FILE)), strict=True)
+        logger.info("stage 2 starts from the stage-1 EMA weights in %s", init_dir)
+
+    ckpt_dir = out_dir / "checkpoints"
+    params_used = {
+        "train": train.model_dump(mode="json"),
+        f"train_stage{stage}": stage_cfg.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+    }
+    fingerprint = _fingerprint(
+        {"params": params_used, "manifest": manifest_hash, "init": file_sha256(init_dir / EMA_FILE) if stage == 2 else None}
+    )
+    resume_from = _resume_path(ckpt_dir, fingerprint, resume) if rank == 0 else None
+    if rank != 0 and resume and (ckpt_dir / RESUME_CHECKPOINT).is_file():
+        resume_from = ckpt_dir / RESUME_CHECKPOINT
+
+    stage2 = stage_cfg if isinstance(stage_cfg, TrainStage2Config) else None
+    system = HumoSystem(
+        transformer,
+        stage=stage,
+        null_text_embeds=datamodule.null_text_embeds(),
+        learning_rate=stage_cfg.learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_steps,
+        condition_dropout=train.condition_dropout.model_dump(),
+        audio_share_start=stage2.audio_share_start if stage2 else 0.0,
+        audio_share_end=stage2.audio_share_end if stage2 else 0.0,
+        audio_ramp_steps=stage2.audio_ramp_steps if stage2 else 0,
+        mask_loss_weight=stage2.mask_loss_weight if stage2 else 0.0,
+        timestep_distribution=train.timestep_distribution,
+        timestep_shift=train.timestep_shift,
+        ema_decay=train.ema_decay,
+        seed=train.seed,
+        fsdp=train.strategy == "fsdp",
+        gradient_checkpointing=train.gradient_checkpointing,
+        nan_checkpoint_dir=str(ckpt_dir),
+        stage1_scope=stage_cfg.trainable if isinstance(stage_cfg, TrainStage1Config) else "self_attention",
+    )
+
+    # 3. tracking: rank 0 opens the MLflow run; worker processes inherit its id through the environment
+    from humo.tracking import mlflow_run
+
+    run_name = f"train_stage{stage}"
+    mlflow_params = {**params_used, "transformer": transformer_cfg.model_dump(mode="json")}
+    context = (
+        mlflow_run(tracking, run_name, params=mlflow_params, tags={"humo.resumed": str(resume_from is not None)})
+        if rank == 0
+        else contextlib.nullcontext(None)
+    )
+    start = time.perf_counter()
+    with context as active:
+        run_id = active.info.run_id if active is not None else os.environ.get(RUN_ID_ENV)
+        if active is not None:
+            os.environ[RUN_ID_ENV] = run_id
+        result = _fit(stage, system, datamodule, train, stage_cfg, tracking, run_id, ckpt_dir, resume_from)
+        raw, ema = system.full_state_dicts()  # a collective under FSDP: every rank
+        seconds = time.perf_counter() - start
+        if rank == 0:
+            metrics = {k: float(v) for k, v in result["trainer"].callback_metrics.items() if v.numel() == 1}
+            history = result["history"].val_history
+            config = {
+                "stage": stage,
+                "preset": model.preset,
+                "transformer": transformer_cfg.model_dump(mode="json"),
+                "params": params_used,
+            }
+            run_info = {
+                "run_id": run_id,
+                "checkpoint": str(out_dir),
+                "stage": stage,
+                "steps": stage_cfg.steps,
+                "seconds": round(seconds, 2),
+                "metrics": metrics,
+                "val_history": history,
+                "shards_manifest_sha256": manifest_hash,
+            }
+            save_trained(out_dir, raw, ema, config, run_info)
+            if active is not None:
+                import mlflow
+
+                mlflow.log_dict(run_info, "run.json")
+                if history:
+                    mlflow.log_metrics({"val/loss_first": history[0][1], "val/loss_last": history[-1][1]})
+            logger.info(
+                "stage %d: %d steps in %.1f s; validation loss %s; checkpoint %s",
+                stage, stage_cfg.steps, seconds,
+                " -> ".join(f"{v:.4f}" for _, v in history[:1] + history[-1:]), out_dir,
+            )
+    return TrainResult(
+        stage=stage,
+        out_dir=out_dir,
+        run_id=run_id,
+        steps=stage_cfg.steps,
+        seconds=seconds,
+        metrics=metrics if rank == 0 else {},
+        val_history=result["history"].val_history,
+    )
+
+
+def _fit(
+    stage: int,
+    system: HumoSystem,
+    datamodule: ShardDataModule,
+    train: TrainConfig,
+    stage_cfg: TrainStage1Config | TrainStage2Config,
+    tracking: TrackingConfig,
+    run_id: str | None,
+    ckpt_dir: Path,
+    resume_from: Path | None,
+) -> dict[str, Any]:
+    """Build the Trainer and fit; returns the trainer and the history callback."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    mlflow_logger = MLFlowLogger(experiment_name=tracking.experiment, tracking_uri=tracking.uri, run_id=run_id)
+    history = ThroughputAndHistory(train.batch_size, train.log_every_n_steps)
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="step{step}",
+        every_n_train_steps=train.checkpoint_every_n_steps,
+        save_top_k=0,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=build_strategy(train.strategy, train.devices),
+        precision=train.precision,
+        max_steps=stage_cfg.steps,
+        max_epochs=1,
+        val_check_interval=min(train.val_every_n_steps, stage_cfg.steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=train.val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=train.log_every_n_steps,
+        logger=mlflow_logger,
+        callbacks=[history, checkpoint, LearningRateMonitor(logging_interval="step")],
+        use_distributed_sampler=False,
+        deterministic=True,
+        enable_model_summary=False,
+        default_root_dir=ckpt_dir.parent,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*ended before the epoch ended.*")
+        warnings.filterwarnings("ignore", message=".*`max_epochs` was not set.*")
+        if resume_from is None:
+            trainer.validate(system, datamodule=datamodule, verbose=False)  # the loss before any step
+        else:
+            logger.info("stage %d resumes from %s", stage, resume_from)
+        try:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from)
+        except NonFiniteLossError:
+            logger.error("stage %d stopped on a non-finite loss; see the checkpoint in %s", stage, ckpt_dir)
+            raise
+    return {"trainer": trainer, "history": history}
