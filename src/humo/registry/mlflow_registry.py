@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -184,9 +185,11 @@ def verify_version_artifacts(name: str, version: str, model_folder: Path, artifa
     expected = {p.relative_to(model_folder).as_posix(): sha256_file(p) for p in model_folder.rglob("*") if p.is_file()}
     with tempfile.TemporaryDirectory(prefix="humo-verify-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
-        folder = local / "artifacts" / artifact_key
+        flavor = yaml.safe_load((local / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
+        entry = (flavor.get("artifacts") or {}).get(artifact_key) or {}
+        folder = local / entry.get("path", f"artifacts/{artifact_key}")
         if not folder.is_dir():
-            raise RegistrationError(f"model {name} version {version} has no artifacts/{artifact_key} folder")
+            raise RegistrationError(f"model {name} version {version} has no {artifact_key!r} artifact folder")
         found = {p.relative_to(folder).as_posix(): sha256_file(p) for p in folder.rglob("*") if p.is_file()}
     if found != expected:
         missing = sorted(set(expected) - set(found))
@@ -331,11 +334,14 @@ def promote(
     now = alias_version(client, name, registry.champion_alias)
     return {
         "model_name": name,
-        "version": version.version,
+        "version": str(version.version),
         "training_run_id": version.tags.get(TAG_TRAINING_RUN),
         "gate": {"passed": gate_passed, "reason": gate_reason},
         "comparison": asdict(comparison),
-        "previous_champion": champion.version if champion is not None else None,
+        "previous_champion": str(champion.version) if champion is not None else None,
         "promoted": promoted,
-        "aliases": {registry.candidate_alias: version.version, registry.champion_alias: now.version if now else None},
+        "aliases": {
+            registry.candidate_alias: str(version.version),
+            registry.champion_alias: str(now.version) if now is not None else None,
+        },
     }
