@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth", "paths"),
+    "train-vae": ("train_vae", "encoders", "tracking", "paths"),
     "generate": ("generate", "encoders", "paths"),
     "curate": ("curate", "paths"),
 }
@@ -92,6 +93,26 @@ def synth(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = Non
     except USER_ERRORS as err:
         raise _fail(err) from None
     logger.info("%s", summary)
+
+
+@app.command("train-vae")
+def train_vae(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Train the embedded tiny VAE on SynthTalk: artifacts/train_vae (skipped with a note for encoders.vae.kind=wan)."""
+    p = _load(params, overrides)
+    from humo.training import vae as vae_stage
+
+    try:
+        metrics = vae_stage.run(
+            cfg=p.train_vae,
+            vae_cfg=p.encoders.vae,
+            raw_dir=p.paths.raw,
+            out_dir=p.paths.artifacts / vae_stage.STAGE_NAME,
+            reports_dir=p.paths.reports,
+            tracking=p.tracking,
+        )
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    logger.info("train_vae: %s", {k: v for k, v in metrics.items() if not isinstance(v, float) or k.startswith(("psnr", "mouth"))})
 
 
 @app.command()

@@ -173,11 +173,15 @@ class TrainVaeConfig(Section):
     num_val_clips: int = Field(16, ge=1)
     base_dim: int = Field(16, ge=4)
     """Base channel width of the tiny AutoencoderKLWan."""
+    crop_size: int | None = Field(None, ge=8)
+    """Side of the square spatial training crop (a multiple of 8; the VAE is convolutional); None = whole frames."""
 
     @model_validator(mode="after")
     def _check_frames(self) -> TrainVaeConfig:
         if (self.clip_frames - 1) % 4:
             raise ValueError(f"clip_frames={self.clip_frames} must be of the form 4k+1 (e.g. 5 or 9)")
+        if self.crop_size is not None and self.crop_size % 8:
+            raise ValueError(f"crop_size={self.crop_size} must be a multiple of 8 (the VAE's spatial stride)")
         return self
 
 
