@@ -106,10 +106,17 @@ def stop_server(process: subprocess.Popen, timeout_s: float = 20.0) -> int:
 def run(
     registry: RegistryConfig, tracking: TrackingConfig, alias: str | None = None, host: str | None = None, port: int | None = None
 ) -> int:
-    """Serve in the foreground until interrupted; returns the server's exit code."""
+    """Serve in the foreground until Ctrl-C or SIGTERM, then stop the server and its workers; returns its exit code."""
     process = start_server(registry, tracking, alias=alias, host=host, port=port)
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return process.wait()
     except KeyboardInterrupt:
         logger.info("stopping the server")
         return stop_server(process)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
