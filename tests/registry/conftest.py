@@ -82,3 +82,21 @@ def registry_params(params_path: Path) -> Params:
             "registry.compare=[{name: sync_confidence, direction: maximize}]",
         ],
     )
+
+
+def open_store(uri: str, artifacts: Path, experiments: tuple[str, ...] = ("registry-test", "humo")) -> str:
+    """Point MLflow at ``uri`` and create ``experiments`` with their artifacts under ``artifacts`` (not ./mlruns).
+
+    Returns the previous tracking URI (to restore).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    for name in experiments:
+        if client.get_experiment_by_name(name) is None:
+            client.create_experiment(name, artifact_location=(artifacts / name).as_uri())
+    mlflow.set_experiment(experiments[0])
+    return previous

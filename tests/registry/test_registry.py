@@ -18,7 +18,7 @@ from humo.config import MetricRule, Params
 from humo.registry import mlflow_registry as reg
 from humo.registry.pyfunc import ARTIFACT_KEY, build_model_folder, model_signature
 
-from .conftest import write_evaluation
+from .conftest import open_store, write_evaluation
 
 
 TEST_REQUIREMENTS = ["mlflow"]
@@ -29,10 +29,9 @@ TEST_REQUIREMENTS = ["mlflow"]
 def store(tmp_path_factory: pytest.TempPathFactory):
     """One sqlite tracking + registry store per module (creating its tables takes seconds); each test registers
     under its own model name. Restores the global tracking URI after."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("registry-test")
+    folder = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    previous = open_store(uri, folder / "artifacts")
     yield uri
     mlflow.set_tracking_uri(previous)
 

@@ -26,6 +26,8 @@ from humo.registry.pyfunc import build_model_folder, example_audio_base64, gener
 from humo.registry.pyfunc import model_signature
 from humo.registry.request import parse_request
 
+from .conftest import open_store
+
 pytestmark = pytest.mark.slow
 
 SERVER_START_TIMEOUT_S = 240.0
@@ -73,9 +75,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory, registry_params: Params, 
     folder = root / "model_dir"
     cfg = registry_params
     build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], cfg.encoders, cfg.generate, cfg.registry, "run-a")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("serve-test")
+    previous = open_store(uri, root / "artifacts")
     client = MlflowClient(tracking_uri=uri)
     with mlflow.start_run(run_name="register"):
         version, _ = reg.register_version(
