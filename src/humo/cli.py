@@ -27,8 +27,15 @@ logger = logging.getLogger(__name__)
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": ("synth", "paths"),
     "train-vae": ("train_vae", "encoders", "tracking", "paths"),
-    "generate": ("generate", "encoders", "paths"),
     "curate": ("curate", "paths"),
+    "validate": ("validation", "curate", "paths"),
+    "precompute": ("precompute", "encoders", "paths"),
+    "train-stage1": ("train", "train_stage1", "model", "tracking", "paths"),
+    "train-stage2": ("train", "train_stage2", "model", "tracking", "paths"),
+    "register": ("registry", "tracking", "encoders", "generate", "paths"),
+    "eval-set": ("evaluate", "paths"),
+    "evaluate": ("evaluate", "generate", "encoders", "tracking", "paths"),
+    "generate": ("generate", "encoders", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""
 
@@ -126,6 +133,92 @@ def curate(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = No
     except USER_ERRORS as err:
         raise _fail(err) from None
     logger.info("%s", summary)
+
+
+@app.command()
+def validate(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Check the curated manifest with Great Expectations; exits non-zero when an expectation fails."""
+    p = _load(params, overrides)
+    from humo.data import validate as validate_stage
+
+    try:
+        summary = validate_stage.run(cfg=p.validation, curate=p.curate, paths=p.paths)
+    except USER_ERRORS as err:  # ValidationFailed is a ValueError: exit code 2, the failed expectations named
+        raise _fail(err) from None
+    logger.info("%s", summary)
+
+
+@app.command()
+def precompute(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Encode every manifest clip once into safetensors shards: artifacts/precompute (resumable)."""
+    p = _load(params, overrides)
+    from humo.features import precompute as precompute_stage
+
+    try:
+        summary = precompute_stage.run(cfg=p.precompute, encoders=p.encoders, paths=p.paths)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    logger.info("%s", summary)
+
+
+def _train(stage: int, params: Path, overrides: list[str] | None) -> None:
+    p = _load(params, overrides)
+    from humo.training import train
+    from humo.training.system import NonFiniteLossError
+
+    stage_cfg = p.train_stage1 if stage == 1 else p.train_stage2
+    try:
+        result = train.run(stage, train=p.train, stage_cfg=stage_cfg, model=p.model, tracking=p.tracking, paths=p.paths)
+    except (*USER_ERRORS, NonFiniteLossError) as err:
+        raise _fail(err) from None
+    logger.info("stage %d done: %s (MLflow run %s)", stage, result.out_dir, result.run_id)
+
+
+@app.command("train-stage1")
+def train_stage1(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Stage 1, subject preservation (text + reference image): artifacts/train_stage1; resumes after a kill."""
+    _train(1, params, overrides)
+
+
+@app.command("train-stage2")
+def train_stage2(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Stage 2, audio-visual sync, from the stage-1 checkpoint: artifacts/train_stage2; resumes after a kill."""
+    _train(2, params, overrides)
+
+
+@app.command()
+def register(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Register the evaluated stage-2 model in MLflow; alias it candidate, and champion when the gate allows."""
+    p = _load(params, overrides)
+    from humo.registry import register as register_stage
+    from humo.registry.mlflow_registry import RegistrationError
+
+    try:
+        decision = register_stage.run(
+            registry=p.registry, tracking=p.tracking, encoders=p.encoders, generate=p.generate, paths=p.paths
+        )
+    except (*USER_ERRORS, RegistrationError) as err:
+        raise _fail(err) from None
+    logger.info("registered %s version %s (promoted: %s)", decision["model_name"], decision["version"], decision["promoted"])
+
+
+@app.command()
+def serve(
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    alias: Annotated[str | None, typer.Option(help="Registry alias to serve; default registry.champion_alias.")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind; default registry.host (loopback).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default registry.port.")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Serve models:/<registry.model_name>@<alias> over HTTP with MLflow's scoring server (until Ctrl-C)."""
+    p = _load(params, overrides)
+    from humo.registry import serve as serve_module
+
+    try:
+        code = serve_module.run(p.registry, p.tracking, alias=alias, host=host, port=port)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    raise typer.Exit(code)
 
 
 @app.command()

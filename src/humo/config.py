@@ -197,6 +197,8 @@ class CurateConfig(Section):
     """Read only the first N sources (sorted); ``None`` = all."""
     num_frames: int = Field(33, ge=5)
     """Frames per clip (4k+1): 33 for the embedded preset, 97 for the real one."""
+    max_clips_per_source: int | None = Field(None, ge=1)
+    """Keep at most this many clips of one source (evenly spread over it); ``None`` = all."""
     fps: float = Field(25.0, gt=0)
     """Target frame rate every source is resampled to (by timestamps, without drift)."""
     workers: int = Field(2, ge=1)
@@ -208,6 +210,8 @@ class CurateConfig(Section):
     face_detector: Literal["auto", "annotation", "opencv"] = "auto"
     """``annotation``: the dataset's ground-truth face boxes; ``opencv``: OpenCV's bundled Haar cascade;
     ``auto``: annotation boxes when the source has them, OpenCV otherwise."""
+    face_every: int = Field(3, ge=1)
+    """OpenCV detector: run the cascade on every n-th frame and interpolate between detections."""
     min_face_fraction: float = Field(0.5, ge=0, le=1)
     """Share of a clip's frames where a face must be detected (missed frames are interpolated)."""
     min_face_size: float = Field(0.15, gt=0, le=1)
@@ -370,6 +374,239 @@ class GenerateConfig(Section):
         return self
 
 
+class PrecomputeConfig(Section):
+    """The ``precompute`` stage: encode every manifest clip once into safetensors shards (humo.features)."""
+
+    shard_size: int = Field(64, ge=1)
+    """Clips per shard file; a killed run resumes at the first shard not written."""
+    batch_size: int = Field(16, ge=1)
+    """Clips given to the encoders at once."""
+
+
+class ConditionDropoutConfig(Section):
+    """Per-sample probabilities of dropping each condition (classifier-free guidance needs every null branch)."""
+
+    text: float = Field(0.1, ge=0.0, le=1.0)
+    """Text replaced by the negative-prompt embedding (the sampler's "null text")."""
+    image: float = Field(0.1, ge=0.0, le=1.0)
+    """Reference slot filled with zeros."""
+    audio: float = Field(0.1, ge=0.0, le=1.0)
+    """All-zero audio features (still passed through the audio projection); stage 2 only."""
+
+
+class TrainConfig(Section):
+    """Settings both training stages share (``train_stage1`` / ``train_stage2`` hold what differs)."""
+
+    seed: int = 0
+    """Seeds initialisation, data order, noise, timesteps, dropout and the task mix."""
+    batch_size: int = Field(8, ge=1)
+    """Global batch: split evenly over the processes (must be a multiple of ``devices``)."""
+    num_workers: int = Field(0, ge=0)
+    """Data-loader processes per training process (0 on small CPUs: shards are small and in the page cache)."""
+    strategy: Literal["single", "ddp", "fsdp"] = "single"
+    """``single`` process, ``ddp``, or ``fsdp`` (Lightning ModelParallelStrategy + fully_shard per block)."""
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    devices: int = Field(1, ge=1)
+    """Processes (GPUs, or CPU processes with gloo) for ``ddp`` and ``fsdp``."""
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    """``bf16-mixed`` on GPUs; CPU training stays in float32."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in the backward pass (memory for time; GPUs with long sequences)."""
+    timestep_distribution: Literal["logit_normal", "uniform"] = "logit_normal"
+    """How training noise levels are drawn (the upstream yaml hints at logit-normal(0, 1))."""
+    timestep_shift: float = Field(1.0, gt=0)
+    """Shift ``s sigma / (1 + (s - 1) sigma)`` applied to the drawn noise levels (> 1 favours high noise)."""
+    condition_dropout: ConditionDropoutConfig = ConditionDropoutConfig()
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
+    """Decay of the EMA of the trainable weights (saved as ema.safetensors, the sampler's default)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(20, ge=0)
+    """Linear learning-rate warm-up, then constant."""
+    val_every_n_steps: int = Field(100, ge=1)
+    """Validation loss (fixed noise, no dropout) every N optimizer steps."""
+    val_batches: int = Field(4, ge=1)
+    """Validation batches per evaluation."""
+    checkpoint_every_n_steps: int = Field(100, ge=1)
+    """Resumable checkpoint (weights, optimizer, scheduler, EMA, step) every N steps."""
+    log_every_n_steps: int = Field(10, ge=1)
+    sample_every_n_steps: int = Field(0, ge=0)
+    """Render the fixed validation samples every N steps as MLflow artifacts (0 = off)."""
+
+    @model_validator(mode="after")
+    def _check_devices(self) -> TrainConfig:
+        if self.strategy == "single" and self.devices != 1:
+            raise ValueError(f"strategy='single' runs one process but devices={self.devices}; use ddp or fsdp")
+        if self.batch_size % self.devices:
+            raise ValueError(
+                f"batch_size={self.batch_size} (global) must be a multiple of devices={self.devices}"
+            )
+        return self
+
+
+class TrainStage1Config(Section):
+    """Stage 1, subject preservation (text + reference image): only the self-attention layers train."""
+
+    steps: int = Field(600, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    trainable: Literal["self_attention", "backbone"] = "self_attention"
+    """``self_attention``: the paper's minimal-invasive stage 1 on a pretrained backbone (model.checkpoint).
+    ``backbone``: every non-audio parameter; for a randomly initialised DiT (the tiny preset has no pretrained
+    Wan weights, and a frozen random backbone with a zero-initialised head cannot learn)."""
+
+
+class TrainStage2Config(Section):
+    """Stage 2, audio-visual sync: self-attention + audio projection, audio cross-attention and mask predictor."""
+
+    steps: int = Field(700, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    audio_share_start: float = Field(0.2, ge=0.0, le=1.0)
+    """Share of audio-visual-sync samples at the start (paper: 20%); the rest are subject-preservation samples."""
+    audio_share_end: float = Field(0.5, ge=0.0, le=1.0)
+    """Share reached at the end of the ramp (paper: 50%)."""
+    audio_ramp_steps: int = Field(500, ge=0)
+    """Steps of the linear ramp from start to end (the paper does not give the shape)."""
+    mask_loss_weight: float = Field(0.1, ge=0.0)
+    """Weight lambda of the focus-by-predicting mask loss (not given in the paper)."""
+
+
+class OrchestrationConfig(Section):
+    """Prefect flows: where fan-out runs, and where the scheduled batch inference finds its requests."""
+
+    dask_address: str | None = None
+    """Scheduler of an existing Dask cluster (``tcp://host:8786``); ``None`` starts a local cluster per flow run."""
+    dask_workers: int = Field(2, ge=1)
+    """Worker processes of the local cluster (ignored with ``dask_address``)."""
+    inbox: Path = Path("inbox")
+    """Folder of request files (``*.json`` in upstream's test_case format, or ``*.jsonl``) for batch inference."""
+    outbox: Path = Path("outputs")
+    """Where batch inference writes videos and sidecars (one sub-folder per request file)."""
+    model: str = "models:/humo@champion"
+    """Model that batch inference uses: ``models:/<name>@<alias>`` or a checkpoint folder."""
+    retrain_cron: str = "0 2 * * *"
+    """Schedule of the nightly curate-and-retrain deployment (cron, server time zone)."""
+    inference_cron: str = "0 * * * *"
+    """Schedule of the hourly batch inference over the inbox."""
+
+
+class MetricRule(Section):
+    """One metric the candidate is compared on against the current champion."""
+
+    name: str = Field(min_length=1)
+    """Key in the evaluation metrics (``reports/evaluate/metrics.json``), dotted for nested values: ``TIA.sync``."""
+    direction: Literal["maximize", "minimize"] = "maximize"
+    tolerance: float = Field(0.0, ge=0.0)
+    """The candidate may be worse than the champion by up to this much on this metric and still win."""
+
+
+class RequestLimitsConfig(Section):
+    """What one serving request may ask for; a request outside these gets a 400 error that names the field."""
+
+    max_payload_bytes: int = Field(16_000_000, ge=1024)
+    """Largest request: the prompt plus the base64 text of the image and the audio."""
+    max_image_bytes: int = Field(4_000_000, ge=1)
+    """Largest decoded reference image file (PNG/JPEG bytes)."""
+    max_image_side: int = Field(4096, ge=16)
+    """Largest width or height of the reference image in pixels."""
+    max_video_side: int = Field(1024, ge=16)
+    """Largest ``height`` or ``width`` a request may ask for (multiples of 16)."""
+    max_audio_bytes: int = Field(8_000_000, ge=1)
+    """Largest decoded audio file (WAV/FLAC/OGG bytes)."""
+    max_prompt_chars: int = Field(2000, ge=1)
+    max_frames: int = Field(97, ge=5)
+    """Most video frames one request may generate (4k+1); longer audio is refused, not cut."""
+    max_steps: int = Field(50, ge=1)
+    """Most denoising steps one request may ask for."""
+    max_guidance_scale: float = Field(20.0, gt=0)
+    """Largest guidance scale (text, image, audio) a request may set."""
+    allowed_modes: tuple[Literal["T", "TI", "TA", "TIA"], ...] = ("T", "TI", "TA", "TIA")
+    """Modes the server accepts."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RequestLimitsConfig:
+        if (self.max_frames - 1) % 4:
+            raise ValueError(f"max_frames={self.max_frames} must be of the form 4k+1 (e.g. 97)")
+        if not self.allowed_modes:
+            raise ValueError("allowed_modes is empty; allow at least one of T, TI, TA, TIA")
+        return self
+
+
+class RegistryConfig(Section):
+    """MLflow model registry and serving (``humo register``, ``humo serve``): names, aliases, promotion, limits."""
+
+    model_name: str = Field("humo", min_length=1)
+    """Registered model name; the server loads ``models:/<model_name>@<alias>``."""
+    candidate_alias: str = "candidate"
+    """Alias set on every newly registered version."""
+    champion_alias: str = "champion"
+    """Alias moved only when the evaluation gate passes and the candidate beats the current champion."""
+    compare: tuple[MetricRule, ...] = (MetricRule(name="sync_confidence"),)
+    """Metrics compared against the champion: the candidate must be no worse on each (within its tolerance) and
+    strictly better on at least one."""
+    weights: Literal["embed", "reference"] = "embed"
+    """``embed``: DiT weights (and the tiny VAE) are uploaded as model artifacts; ``reference``: only a manifest
+    of their paths with sha256 checksums is uploaded and verified at load time (multi-GB real weights)."""
+    limits: RequestLimitsConfig = RequestLimitsConfig()
+    host: str = "127.0.0.1"
+    """Address ``humo serve`` binds to (loopback by default)."""
+    port: int = Field(5001, ge=1, le=65535)
+    timeout_s: int = Field(600, ge=1)
+    """Longest time the server spends on one request before answering 504 (generation on a CPU is slow)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RegistryConfig:
+        if self.candidate_alias == self.champion_alias:
+            raise ValueError(f"candidate_alias and champion_alias are both {self.champion_alias!r}; use two names")
+        return self
+
+
+class EvaluateGateConfig(Section):
+    """Promotion gate (``humo.evaluation.gates``): every bound must hold for the candidate to be promotable.
+
+    Bounds name figures of ``humo.evaluation.metrics.METRICS`` measured in ``mode`` (mean over the evaluation
+    set); an unknown name is an error at evaluation time.
+    """
+
+    mode: Literal["TA", "TI", "TIA"] = "TIA"
+    """The generation mode whose figures the gate reads."""
+    minimum: dict[str, float] = Field(
+        default_factory=lambda: {
+            "sync_confidence_at_zero": 0.05,
+            "identity_similarity": 0.2,
+            "text_alignment": 0.25,
+            "face_presence": 0.5,
+        }
+    )
+    """Figure -> lowest acceptable value."""
+    maximum: dict[str, float] = Field(default_factory=lambda: {"flicker": 20.0})
+    """Figure -> highest acceptable value."""
+
+
+class EvaluateConfig(Section):
+    """The ``eval_set`` and ``evaluate`` stages: a fixed held-out set, generation in several modes, metrics, gate."""
+
+    seed: int = 0
+    """Seed of the evaluation set's choice of clips and of the generation noise."""
+    num_cases: int = Field(6, ge=1)
+    """Held-out clips in the evaluation set (distinct held-out identities first)."""
+    modes: tuple[Literal["T", "TA", "TI", "TIA"], ...] = ("TA", "TI", "TIA")
+    """Generation modes evaluated (the paper compares TA, TI and TIA)."""
+    steps: int = Field(20, ge=1)
+    """Denoising steps per evaluation video (fewer than ``generate.steps`` to fit the stage's time budget)."""
+    decode_batch: int = Field(9, ge=1)
+    """Videos decoded by the VAE at once (the causal VAE decodes frame by frame: batching is much faster)."""
+    sync_max_offset: int = Field(10, ge=1)
+    """Offsets -K..K frames searched by the sync metrics (clips need at least K + 3 frames)."""
+    mouth_margin_px: float = Field(3.0, ge=0.0)
+    """Pixels added around the union of a case's annotated mouth boxes (a generated head moves a little)."""
+    strip_frames: int = Field(6, ge=1)
+    """Frames per clip shown in the report's frame strips."""
+    real_shift_frames: int = Field(8, ge=1)
+    """Real-video check (``humo evaluate-real``): delay of the deliberately shifted audio, in frames."""
+    real_max_offset: int = Field(15, ge=1)
+    """Real-video check: offsets searched (SyncNet's +-15 frames)."""
+    gate: EvaluateGateConfig = EvaluateGateConfig()
+
+
 class Params(Section):
     """The whole of params.yaml. Each field is one top-level section."""
 
@@ -380,10 +617,17 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     encoders: EncodersConfig = EncodersConfig()
     train_vae: TrainVaeConfig = TrainVaeConfig()
+    precompute: PrecomputeConfig = PrecomputeConfig()
+    train: TrainConfig = TrainConfig()
+    train_stage1: TrainStage1Config = TrainStage1Config()
+    train_stage2: TrainStage2Config = TrainStage2Config()
     generate: GenerateConfig = GenerateConfig()
     curate: CurateConfig = CurateConfig()
     validation: ValidateConfig = ValidateConfig()
     """Checks of the curated manifest; named ``validation`` because ``validate`` shadows a pydantic method."""
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    registry: RegistryConfig = RegistryConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 # =====================================================================================================

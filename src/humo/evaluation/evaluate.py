@@ -1,0 +1,280 @@
+"""The ``evaluate`` stage: generate the evaluation set with the candidate in several modes, score, gate, report.
+
+Steps of :func:`run`:
+
+1. load the fixed evaluation set (``artifacts/eval_set``, stage ``eval_set``) and score its ground-truth clips
+   (the ceiling row of the report: what the metrics give a perfect generator);
+2. load the candidate (``artifacts/train_stage2``, EMA weights) into a :class:`~humo.inference.HumoPipeline`
+   with the configured encoders and the ``generate`` section's solver and guidance;
+3. generate every case in every mode of ``evaluate.modes`` (TA, TI, TIA by default) with a fixed seed per case,
+   and score each video with :func:`score_clip` (sync against the case's audio in every mode, so TI, which
+   never hears it, shows what "no sync" scores);
+4. write ``reports/evaluate/metrics.json`` (DVC metrics: per-mode means, the ground-truth row, and the gate
+   mode's figures at the top level), ``gate.json`` (:func:`humo.evaluation.gates.passes`), DVC plot data,
+   the Markdown report with PNG charts and frame strips (:mod:`humo.evaluation.report`);
+5. log the figures and the report to the training's MLflow run (``run_id`` from ``train_stage2/run.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from humo.config import EncodersConfig, EvaluateConfig, GenerateConfig, PathsConfig, TrackingConfig
+from humo.data.media import read_audio, read_clip
+from humo.evaluation import metrics, probes
+from humo.evaluation.evalset import EVAL_SET_DIR, EvalCase, load_cases
+from humo.evaluation.gates import GateDecision, passes
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_DIR = "train_stage2"
+REPORT_DIR = "evaluate"
+GROUND_TRUTH = "ground_truth"
+"""Name of the report row scoring the evaluation set's own clips."""
+
+
+@dataclass
+class ScoredClip:
+    """One scored video: its figures, its sync distance per offset, and a few frames for the strips."""
+
+    case_id: str
+    mode: str
+    figures: dict[str, float]
+    sync_scores: np.ndarray
+    frames: np.ndarray
+
+
+def score_clip(
+    frames: np.ndarray, audio: np.ndarray, reference: np.ndarray, case: EvalCase, cfg: EvaluateConfig
+) -> tuple[dict[str, float], np.ndarray]:
+    """Every figure of :data:`~humo.evaluation.metrics.METRICS` for one video of a case (real models excepted).
+
+    Args:
+        frames: ``(F, H, W, 3)`` uint8 video (generated or ground truth).
+        audio: ``(S,)`` float32 16 kHz speech of the case, sample 0 with frame 0.
+        reference: ``(H, W, 3)`` uint8 reference image of the case.
+        case: the case (boxes, caption).
+        cfg: the ``evaluate`` section (sync search range, mouth margin).
+
+    Returns:
+        ``(figures, sync_scores)``: flat name -> value, and the ``(2K+1,)`` exact-sync distance per offset.
+    """
+    face_boxes = np.asarray(case.face_boxes, dtype=np.float64)[: len(frames)]
+    if len(face_boxes) < len(frames):
+        face_boxes = np.concatenate([face_boxes, np.repeat(face_boxes[-1:], len(frames) - len(face_boxes), 0)])
+    region = probes.union_box(case.mouth_boxes, margin=cfg.mouth_margin_px)
+    reference_box = np.asarray(case.reference_face_box, dtype=np.float64)
+    exact = metrics.sync_exact(frames, region, audio, case.fps, 16_000, cfg.sync_max_offset)
+    motion = metrics.sync_motion(frames, face_boxes, audio, case.fps, 16_000, cfg.sync_max_offset)
+    figures = {
+        **metrics.sync_figures(exact),
+        "sync_motion_confidence_at_zero": metrics.sync_figures(motion)["sync_confidence_at_zero"],
+        **metrics.identity_exact(reference, reference_box, frames, face_boxes),
+        **metrics.text_alignment_exact(case.caption, frames, face_boxes),
+        **metrics.quality_figures(frames),
+        "face_presence": metrics.face_presence_synthtalk(reference, reference_box, frames, face_boxes),
+    }
+    return figures, np.asarray(exact.scores)
+
+
+def _mean_figures(clips: list[ScoredClip]) -> dict[str, float]:
+    names = sorted({name for clip in clips for name in clip.figures})
+    return {
+        name: float(np.nanmean([clip.figures.get(name, np.nan) for clip in clips]))
+        for name in names
+        if any(np.isfinite(clip.figures.get(name, np.nan)) for clip in clips)
+    }
+
+
+def _case_inputs(eval_dir: Path, case: EvalCase) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    reference = np.array(Image.open(eval_dir / case.reference).convert("RGB"))  # writable: torch wraps it
+    audio = read_audio(eval_dir / case.audio)
+    samples = int(round(case.num_frames / case.fps * 16_000))
+    audio = np.pad(audio, (0, max(0, samples - len(audio))))[:samples]
+    return reference, audio
+
+
+def generate_and_score(
+    pipe: Any, cases: list[EvalCase], eval_dir: Path, cfg: EvaluateConfig, generate: GenerateConfig
+) -> list[ScoredClip]:
+    """Generate every case in every mode of ``cfg.modes`` with ``pipe`` and score the videos.
+
+    Latents of all videos are generated first and decoded by the VAE in batches of ``cfg.decode_batch``: the
+    causal VAE decodes frame by frame, so one batched decode costs little more than a single one on a CPU.
+
+    Args:
+        pipe: a :class:`~humo.inference.pipeline.HumoPipeline` (anything with its ``__call__`` and
+            ``decode_latents``).
+        cases: the evaluation set.
+        eval_dir: its folder.
+        cfg: the ``evaluate`` section (modes, steps, seed, decode batch).
+        generate: the ``generate`` section (guidance settings).
+    """
+    import torch
+
+    from humo.inference.batch import guidance_for
+    from humo.models.encoders import tensor_to_frames
+
+    inputs = {case.case_id: _case_inputs(eval_dir, case) for case in cases}
+    jobs: list[tuple[str, EvalCase, torch.Tensor]] = []
+    for mode in cfg.modes:
+        guidance = guidance_for(generate, mode)
+        for index, case in enumerate(tqdm(cases, desc=f"generate {mode}", disable=not generate.progress_bar)):
+            reference, audio = inputs[case.case_id]
+            output = pipe(
+                case.caption,
+                image=reference if "I" in mode else None,
+                audio=audio if "A" in mode else None,
+                mode=mode,
+                height=case.height,
+                width=case.width,
+                num_frames=case.num_frames,
+                num_inference_steps=cfg.steps,
+                guidance=guidance,
+                generator=torch.Generator().manual_seed(cfg.seed + index),
+                output_type="latent",
+                progress=False,
+            )
+            jobs.append((mode, case, output.frames))
+    scored = []
+    for first in range(0, len(jobs), cfg.decode_batch):
+        chunk = jobs[first : first + cfg.decode_batch]
+        with torch.no_grad():
+            videos = pipe.decode_latents(torch.stack([latents for _, _, latents in chunk]))
+        for (mode, case, _), video in zip(chunk, videos, strict=True):
+            frames = tensor_to_frames(video)[: case.num_frames]
+            reference, audio = inputs[case.case_id]
+            figures, scores = score_clip(frames, audio, reference, case, cfg)
+            scored.append(ScoredClip(case.case_id, mode, figures, scores, frames))
+            logger.info(
+                "%s %s: sync %.3f identity %.3f text %.2f",
+                mode, case.case_id, figures["sync_confidence_at_zero"], figures["identity_similarity"],
+                figures.get("text_alignment", float("nan")),
+            )
+    return scored
+
+
+def score_ground_truth(cases: list[EvalCase], eval_dir: Path, cfg: EvaluateConfig) -> list[ScoredClip]:
+    """Score the evaluation set's own clips (the ceiling the generated videos are read against)."""
+    scored = []
+    for case in cases:
+        reference, audio = _case_inputs(eval_dir, case)
+        frames = read_clip(eval_dir / case.truth_video).frames
+        figures, scores = score_clip(frames, audio, reference, case, cfg)
+        scored.append(ScoredClip(case.case_id, GROUND_TRUTH, figures, scores, frames))
+    return scored
+
+
+def summarise(scored: list[ScoredClip], gate_mode: str) -> dict[str, Any]:
+    """The DVC metrics document: per-row means, and the gate mode's means again at the top level."""
+    rows: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(clip.mode for clip in scored):
+        rows[name] = _mean_figures([clip for clip in scored if clip.mode == name])
+    document: dict[str, Any] = dict(rows.get(gate_mode, {}))
+    document.update(rows)
+    return document
+
+
+def _log_to_mlflow(
+    tracking: TrackingConfig, run_file: Path, document: dict[str, Any], decision: GateDecision, report_dir: Path
+) -> str | None:
+    """Log the figures (``eval.<row>.<name>``), the gate and the report to the training run; returns its id."""
+    if not run_file.is_file():
+        logger.warning("%s not found: the evaluation is not logged to MLflow", run_file)
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads(run_file.read_text(encoding="utf-8")).get("run_id")
+    if not run_id:
+        logger.warning("%s has no run_id: the evaluation is not logged to MLflow", run_file)
+        return None
+    mlflow.set_tracking_uri(tracking.uri)
+    client = MlflowClient()
+    timestamp = int(time.time() * 1000)
+    flat = {
+        f"eval.{row}.{name}": value
+        for row, figures in document.items()
+        if isinstance(figures, dict)
+        for name, value in figures.items()
+        if np.isfinite(value)
+    }
+    flat["eval.gate_passed"] = float(decision.passed)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        logger.warning("training run %s is not in the tracking store %s: the evaluation is not logged", run_id, tracking.uri)
+        return None
+    client.log_batch(
+        run_id, metrics=[mlflow.entities.Metric(key, float(value), timestamp, 0) for key, value in flat.items()]
+    )
+    client.set_tag(run_id, "humo.gate", "passed" if decision.passed else "failed")
+    client.log_artifacts(run_id, str(report_dir), artifact_path="evaluate")
+    return str(run_id)
+
+
+def run(
+    cfg: EvaluateConfig,
+    generate: GenerateConfig,
+    encoders: EncodersConfig,
+    paths: PathsConfig,
+    tracking: TrackingConfig,
+    candidate: Path | None = None,
+) -> GateDecision:
+    """The ``evaluate`` stage (see the module docstring).
+
+    Args:
+        cfg, generate, encoders, paths, tracking: params sections.
+        candidate: checkpoint folder to evaluate (default ``<artifacts>/train_stage2``).
+
+    Returns:
+        The gate decision (also written to ``reports/evaluate/gate.json``).
+
+    Raises:
+        FileNotFoundError: no evaluation set or no candidate checkpoint.
+    """
+    from humo.evaluation import report
+    from humo.inference.batch import build_pipeline, load_model
+
+    start = time.perf_counter()
+    eval_dir = paths.artifacts / EVAL_SET_DIR
+    cases = load_cases(eval_dir)
+    candidate = Path(candidate or paths.artifacts / CANDIDATE_DIR)
+    transformer, info = load_model(candidate)
+    pipe = build_pipeline(transformer, generate, encoders, paths)
+    scored = score_ground_truth(cases, eval_dir, cfg)
+    scored += generate_and_score(pipe, cases, eval_dir, cfg, generate)
+    document = summarise(scored, cfg.gate.mode)
+    decision = passes(document.get(cfg.gate.mode, {}), cfg.gate)
+    seconds = time.perf_counter() - start
+
+    report_dir = paths.reports / REPORT_DIR
+    report.write_report(
+        report_dir,
+        scored=scored,
+        document=document,
+        decision=decision,
+        cases=cases,
+        eval_dir=eval_dir,
+        candidate=f"{candidate} ({info.version})",
+        cfg=cfg,
+        seconds=seconds,
+    )
+    run_id = _log_to_mlflow(tracking, candidate / "run.json", document, decision, report_dir)
+    logger.info(
+        "evaluation of %s in %.0f s: gate %s (%s)%s",
+        candidate, seconds, "passed" if decision.passed else "failed", decision.reason,
+        f", logged to MLflow run {run_id}" if run_id else "",
+    )
+    return decision
