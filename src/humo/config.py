@@ -539,7 +539,11 @@ class RegistryConfig(Section):
     """Alias set on every newly registered version."""
     champion_alias: str = "champion"
     """Alias moved only when the evaluation gate passes and the candidate beats the current champion."""
-    compare: tuple[MetricRule, ...] = (MetricRule(name="sync_confidence"),)
+    compare: tuple[MetricRule, ...] = (
+        MetricRule(name="sync_confidence_at_zero"),
+        MetricRule(name="identity_similarity", tolerance=0.01),
+        MetricRule(name="text_alignment", tolerance=0.01),
+    )
     """Metrics compared against the champion: the candidate must be no worse on each (within its tolerance) and
     strictly better on at least one."""
     weights: Literal["embed", "reference"] = "embed"
