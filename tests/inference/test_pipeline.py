@@ -105,21 +105,28 @@ def test_batched_cached_equals_naive(which, form, request, speech, portrait) -> 
     assert (fast.frames - slow.frames).abs().max().item() < 1e-4
 
 
-def test_17b_form_runs_three_branches_per_step(pipeline, speech, portrait) -> None:
+def test_17b_form_runs_three_branches_per_step_and_context_once(pipeline, speech, portrait) -> None:
     seen: list[int] = []
-    forward = pipeline.transformer.forward
+    contexts: list[bool] = []
+    transformer = pipeline.transformer
+    forward, prepare = transformer.forward, transformer.prepare_context
 
     def counting(hidden_states, *args, **kwargs):
         seen.append(hidden_states.shape[0])
         return forward(hidden_states, *args, **kwargs)
 
-    pipeline.transformer.forward = counting
+    def counting_context(*args, **kwargs):
+        contexts.append(kwargs.get("cache_kv", False))
+        return prepare(*args, **kwargs)
+
+    transformer.forward, transformer.prepare_context = counting, counting_context
     try:
         pipeline("a man talks", image=portrait, audio=speech, height=SIZE, width=SIZE, num_frames=9,
                  num_inference_steps=STEPS, guidance=G17, output_type="latent", progress=False)
     finally:
-        del pipeline.transformer.forward
+        del transformer.forward, transformer.prepare_context
     assert seen == [3] * STEPS  # one forward per step, three branches in it (∅ early, I late are idle)
+    assert contexts == [True]  # text/audio context with every block's K/V: once per request, not per step
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -314,6 +314,7 @@ class HumoPipeline:
             negative_prompt = NEGATIVE_PROMPT
         self.negative_prompt = negative_prompt
         self._zero_latents: dict[tuple[int, int], torch.Tensor] = {}
+        self._negative_embeds: dict[str, torch.Tensor] = {}
         self._progress_bar_config: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------------------------
@@ -404,14 +405,18 @@ class HumoPipeline:
 
     @torch.no_grad()
     def encode_prompt(self, prompt: str, negative_prompt: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token states of the prompt and of the null text (the negative prompt), in one encoder call.
+        """Token states of the prompt and of the null text (the negative prompt).
+
+        The negative prompt is the same for every request, so its states are computed once per pipeline and cached.
 
         Returns:
             ``(prompt_embeds, negative_embeds)``, each ``[1, max_length, text_dim]`` on the pipeline's device.
         """
         negative = self.negative_prompt if negative_prompt is None else negative_prompt
-        states = self.text_encoder.encode([prompt, negative]).to(self.device, self.dtype)
-        return states[:1], states[1:]
+        if negative not in self._negative_embeds:
+            self._negative_embeds[negative] = self.text_encoder.encode([negative]).to(self.device, self.dtype)
+        states = self.text_encoder.encode([prompt]).to(self.device, self.dtype)
+        return states, self._negative_embeds[negative]
 
     @torch.no_grad()
     def encode_reference(self, image: Image.Image | np.ndarray, height: int, width: int) -> torch.Tensor:
