@@ -215,3 +215,24 @@ def test_register_stage_writes_decision_and_tags(
     model_info = mlflow.models.get_model_info(f"models:/{params.registry.model_name}@champion")
     assert [spec.name for spec in model_info.signature.inputs.inputs][:2] == ["prompt", "mode"]
     assert model_info.saved_input_example_info is not None
+
+
+def test_same_run_with_changed_weights_is_refused(
+    tmp_path: Path, store: str, params: Params, tiny_parts: dict[str, Path]
+) -> None:
+    folder = tmp_path / "model-run-a"
+    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], params.encoders, params.generate, params.registry, "run-a")
+    client = MlflowClient(tracking_uri=store)
+    name = params.registry.model_name
+
+    def register(weights: str):
+        with mlflow.start_run(run_name="register"):
+            return reg.register_version(
+                client, name, folder, "run-a", {reg.TAG_WEIGHTS: weights}, model_signature(), None,
+                pip_requirements=TEST_REQUIREMENTS,
+            )
+
+    version, _ = register("a" * 64)
+    assert register("a" * 64)[0].version == version.version
+    with pytest.raises(reg.RegistrationError, match="needs a new training run id"):
+        register("b" * 64)

@@ -235,6 +235,12 @@ def register_version(
     """
     existing = find_version(client, name, training_run_id)
     if existing is not None:
+        registered, now = existing.tags.get(TAG_WEIGHTS), tags.get(TAG_WEIGHTS)
+        if registered and now and registered != now:
+            raise RegistrationError(
+                f"training run {training_run_id} is already {name} version {existing.version} with weights sha256 "
+                f"{registered}, but the checkpoint now has {now}; a changed checkpoint needs a new training run id"
+            )
         logger.info("training run %s is already %s version %s; reusing it", training_run_id, name, existing.version)
         for key, value in tags.items():
             client.set_model_version_tag(name, existing.version, key, value)
@@ -312,15 +318,18 @@ def promote(
     champion = alias_version(client, name, registry.champion_alias)
     client.set_registered_model_alias(name, registry.candidate_alias, version.version)
     if champion is not None and champion.version == version.version:
-        comparison = Comparison(False, "this version is already the champion")
+        comparison = Comparison(False, f"this version is already the {registry.champion_alias}")
     else:
         comparison = compare_with_champion(
             candidate_metrics, version_metrics(champion) if champion is not None else None, registry.compare
         )
     promoted = gate_passed and comparison.beats
+    already = champion is not None and champion.version == version.version
     if promoted:
         client.set_registered_model_alias(name, registry.champion_alias, version.version)
         logger.info("%s version %s is the new %s (%s)", name, version.version, registry.champion_alias, comparison.reason)
+    elif already:
+        logger.info("%s version %s is already the %s", name, version.version, registry.champion_alias)
     else:
         logger.info(
             "%s version %s stays %s only (gate %s: %s; %s)",
