@@ -170,9 +170,7 @@ class ShardDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        _, world_size, _ = self._rank_world()
+        # Every process evaluates the same whole batches: the validation loss does not depend on the world size.
         return DataLoader(
-            ShardDataset(self.folder, self.val_ids, self.index),
-            batch_size=max(self.batch_size // world_size, 1),
-            num_workers=self.num_workers,
+            ShardDataset(self.folder, self.val_ids, self.index), batch_size=self.batch_size, num_workers=self.num_workers
         )

@@ -217,9 +217,12 @@ class HumoSystem(L.LightningModule):
 
     def configure_model(self) -> None:
         """FSDP2: one wrapping unit per transformer block, then the root (design.md section 6)."""
-        if not self.hparams.fsdp or _is_dtensor(next(self.transformer.parameters())):
+        if not self.hparams.fsdp:
             return
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(self.transformer, FSDPModule):  # validate() then fit() call this hook twice
+            return
 
         mesh = self.device_mesh["data_parallel"]
         for block in self.transformer.blocks:
@@ -234,12 +237,13 @@ class HumoSystem(L.LightningModule):
         losses = self._step(batch, generator=self._generator(), drop=True)
         batch_size = batch["video_latents"].shape[0]
         finite = bool(torch.isfinite(losses["loss"]))
-        if self.trainer.world_size > 1:
+        distributed = self.trainer.world_size > 1  # log the mean over the processes, i.e. over the global batch
+        if distributed:
             finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
         if not finite:
             self._stop_on_non_finite(losses)
         for name, value in losses.items():
-            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size, sync_dist=False)
+            self.log(f"train/{name}", value, prog_bar=name == "loss", batch_size=batch_size, sync_dist=distributed)
         if self.stage == 2:
             self.log("train/audio_share", self._audio_share(), batch_size=batch_size)
         return losses["loss"]

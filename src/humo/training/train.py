@@ -137,6 +137,28 @@ def _resume_path(ckpt_dir: Path, fingerprint: str, resume: bool) -> Path | None:
     return None
 
 
+def parameter_sharding(model: torch.nn.Module) -> dict[str, Any]:
+    """How this process holds the parameters: counts of DTensor (FSDP-sharded) parameters and of elements held
+    locally versus in the whole model (FSDP on N processes holds about 1/N of them)."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()  # the root stays unsharded after a forward without backward (the last validation)
+    params = list(model.parameters())
+    sharded = [p for p in params if isinstance(p, DTensor)]
+    return {
+        "num_parameters": len(params),
+        "num_dtensor_parameters": len(sharded),
+        "local_elements": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params),
+        "total_elements": sum(p.numel() for p in params),
+        "local_bytes": sum(
+            (p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size() for p in params
+        ),
+    }
+
+
 def _rank() -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -285,6 +307,7 @@ def run(
         if active is not None:
             os.environ[RUN_ID_ENV] = run_id
         result = _fit(stage, system, datamodule, train, stage_cfg, tracking, run_id, ckpt_dir, resume_from)
+        sharding = parameter_sharding(system.transformer)
         raw, ema = system.full_state_dicts()  # a collective under FSDP: every rank
         seconds = time.perf_counter() - start
         if rank == 0:
@@ -305,6 +328,7 @@ def run(
                 "metrics": metrics,
                 "val_history": history,
                 "shards_manifest_sha256": manifest_hash,
+                "parameters": sharding,
             }
             save_trained(out_dir, raw, ema, config, run_info)
             if active is not None:
@@ -369,7 +393,6 @@ def _fit(
         logger=mlflow_logger,
         callbacks=[history, checkpoint, LearningRateMonitor(logging_interval="step")],
         use_distributed_sampler=False,
-        deterministic=True,
         enable_model_summary=False,
         default_root_dir=ckpt_dir.parent,
     )
