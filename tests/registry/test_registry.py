@@ -128,6 +128,18 @@ def test_register_is_idempotent_and_promotion_follows_gate_and_metrics(
     assert client.get_model_version_by_alias(name, "candidate").version == worse.version
     assert client.get_model_version_by_alias(name, "champion").version == version.version
 
+    # batch generation resolves models:/name@champion to the champion's EMA transformer
+    import torch
+    from safetensors.torch import load_file
+
+    import humo.registry  # noqa: F401 - registers the models:/ resolver
+    from humo.inference.batch import load_model
+
+    transformer, info = load_model(f"models:/{name}@champion")
+    assert (info.name, info.version) == (name, str(version.version))
+    expected = load_file(str(tiny_parts["checkpoint"] / "ema.safetensors"))
+    assert all(torch.equal(transformer.state_dict()[key], value) for key, value in expected.items())
+
 
 def test_interrupted_registration_leaves_no_alias_and_is_redone(
     tmp_path: Path, store: str, params: Params, tiny_parts: dict[str, Path], monkeypatch: pytest.MonkeyPatch

@@ -173,6 +173,13 @@ def _wait_ready(client: MlflowClient, name: str, version: str, timeout_s: float 
         time.sleep(READY_POLL_S)
 
 
+def artifact_folder(model_dir: Path, artifact_key: str) -> Path:
+    """Where a downloaded pyfunc keeps its artifact ``artifact_key`` (as recorded in its ``MLmodel`` file)."""
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
+    entry = (flavor.get("artifacts") or {}).get(artifact_key) or {}
+    return model_dir / entry.get("path", f"artifacts/{artifact_key}")
+
+
 def verify_version_artifacts(name: str, version: str, model_folder: Path, artifact_key: str) -> int:
     """Download a registered version and compare every file of its ``artifact_key`` folder with ``model_folder``.
 
@@ -185,9 +192,7 @@ def verify_version_artifacts(name: str, version: str, model_folder: Path, artifa
     expected = {p.relative_to(model_folder).as_posix(): sha256_file(p) for p in model_folder.rglob("*") if p.is_file()}
     with tempfile.TemporaryDirectory(prefix="humo-verify-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
-        flavor = yaml.safe_load((local / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
-        entry = (flavor.get("artifacts") or {}).get(artifact_key) or {}
-        folder = local / entry.get("path", f"artifacts/{artifact_key}")
+        folder = artifact_folder(local, artifact_key)
         if not folder.is_dir():
             raise RegistrationError(f"model {name} version {version} has no {artifact_key!r} artifact folder")
         found = {p.relative_to(folder).as_posix(): sha256_file(p) for p in folder.rglob("*") if p.is_file()}
