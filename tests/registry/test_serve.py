@@ -21,6 +21,7 @@ import pytest
 from mlflow import MlflowClient
 
 from humo.config import Params
+from humo.data.media import read_audio, read_video
 from humo.registry import mlflow_registry as reg
 from humo.registry.pyfunc import build_model_folder, example_audio_base64, generate_one, load_pipeline_from_folder
 from humo.registry.pyfunc import model_signature
@@ -114,6 +115,11 @@ def test_humo_serve_answers_valid_and_refuses_invalid_requests(
         video = base64.b64decode(prediction["video"])
         sidecar = json.loads(prediction["sidecar"])
         assert video[4:8] == b"ftyp" and sidecar["num_frames"] == 9 and sidecar["request"]["seed"] == 7
+        (tmp_path / "served.mp4").write_bytes(video)
+        frames, fps = read_video(tmp_path / "served.mp4")
+        audio = read_audio(tmp_path / "served.mp4")  # the driving audio is muxed in
+        assert frames.shape == (9, 64, 64, 3) and fps == 25
+        assert abs(audio.size - 9 * 640) <= 640 and float(np.abs(audio).max()) > 0.05
 
         big_image = base64.b64encode((real_data / "humo_man_Jaime.png").read_bytes()).decode()
         invalid = [
