@@ -1,1 +1,4 @@
-"""humo.inference"""
+"""Inference: :mod:`~humo.inference.pipeline` (HumoPipeline: one video from text, reference image and audio, with
+HuMo's time-adaptive guidance), :mod:`~humo.inference.long_video` (sliding latent windows for audio longer than one
+window) and :mod:`~humo.inference.batch` (``humo generate``: a requests file -> mp4s with their audio + sidecars).
+"""
