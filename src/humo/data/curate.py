@@ -44,7 +44,7 @@ from humo.data import faces, quality, shots, speech
 from humo.data.captions import CAPTIONERS, CaptionError, read_caption_file
 from humo.data.manifest import portable_path, write_manifest, write_rejects
 from humo.data.media import MediaError, fit_audio_to_frames, has_audio_stream, read_audio, write_video
-from humo.data.probe import analysis_size, decode_frames, probe_source, resample_indices
+from humo.data.probe import FrameReader, analysis_size, decode_frames, probe_source, resample_indices
 from humo.data.sources import SourceItem, read_sources
 from humo.data.sync import make_scorer
 
@@ -146,7 +146,9 @@ def _detect_boxes(item: SourceItem, cfg: CurateConfig, frames: np.ndarray, indic
         if item.annotation is None:
             raise SourceRejected("no_annotation", "face_detector=annotation but the dataset has no annotation")
         return faces.annotation_boxes(item.annotation, indices, scale), "annotation"
-    return faces.detect_faces_opencv(frames), "opencv"
+    # faces smaller than min_face_size are rejected anyway: the cascade need not look for them
+    boxes = faces.detect_faces_opencv(frames, every=cfg.face_every, min_size=0.8 * cfg.min_face_size)
+    return boxes, "opencv"
 
 
 def _can_link(item: SourceItem, probe, indices: np.ndarray, cfg: CurateConfig) -> bool:
@@ -239,6 +241,9 @@ def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, resu
         longest = max(end - start for start, end in shot_list)
         raise SourceRejected("no_shot_long_enough", f"longest shot {longest} frames < {cfg.num_frames}")
 
+    if cfg.max_clips_per_source is not None and len(windows) > cfg.max_clips_per_source:
+        keep = np.linspace(0, len(windows) - 1, cfg.max_clips_per_source).round().astype(int)
+        windows = [windows[i] for i in keep]
     scale = size[0] / probe.width
     raw_boxes, detector = _detect_boxes(item, cfg, frames, indices, scale)
     found = np.isfinite(raw_boxes).all(axis=1)
@@ -254,6 +259,7 @@ def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, resu
     whole = len(windows) == 1 and windows[0][1] == 0 and len(indices) == cfg.num_frames
     linkable = whole and _can_link(item, probe, indices, cfg)
     clip_reasons: Counter[str] = Counter()
+    full_size = FullSizeFrames(item.video, indices)
 
     for shot_index, start in windows:
         end = start + cfg.num_frames
@@ -285,8 +291,9 @@ def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, resu
             detail = f"brightness {bright:.1f}, sharpness {sharp:.1f}"
         reference = reference_source = None
         if problem is None:
-            reference, reference_source = _reference(item, cfg, probe, indices, shot_list, shot_index, (start, end),
-                                                     found, raw_boxes, scale, out_dir, clip_id)
+            reference, reference_source = _reference(
+                item, cfg, shot_list, shot_index, (start, end), found, raw_boxes / scale, full_size, out_dir
+            )
             if reference is None:
                 problem, detail = "no_reference", "no face outside the clip: one shot, no distant segment"
         if problem is not None:
@@ -301,7 +308,7 @@ def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, resu
             video = _link_clip(item.video, out_dir / "clips" / f"{clip_id}.mp4", cfg.link_mode)
             width, height = probe.width, probe.height
         else:
-            full = decode_frames(item.video, indices[start:end])
+            full = full_size.get(np.arange(start, end))
             height, width = (full.shape[1] // 2) * 2, (full.shape[2] // 2) * 2
             full = full[:, :height, :width]
             lo, hi = int(round(start * samples_per_frame)), int(round(end * samples_per_frame))
@@ -345,8 +352,36 @@ def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, resu
         raise SourceRejected("no_usable_clip", f"{sum(clip_reasons.values())} clip(s) rejected: {summary}")
 
 
-def _reference(item, cfg, probe, indices, shot_list, shot_index, clip, found, raw_boxes, scale, out_dir, clip_id):
-    """(path, how) of the clip's reference image, or (None, None) when none can be taken."""
+class FullSizeFrames:
+    """Full-size frames of a source at target-rate positions, through one lazily opened reader."""
+
+    def __init__(self, video: Path, indices: np.ndarray) -> None:
+        self.video, self.indices = video, indices
+        self._reader: FrameReader | None = None
+
+    def get(self, positions: np.ndarray) -> np.ndarray:
+        """``(K, H, W, 3)`` uint8 frames at target-rate ``positions`` ``(K,)``."""
+        if self._reader is None:
+            self._reader = FrameReader(self.video)
+        return self._reader.get(self.indices[np.asarray(positions)])
+
+
+def _reference(
+    item: SourceItem,
+    cfg: CurateConfig,
+    shot_list: list[tuple[int, int]],
+    shot_index: int,
+    clip: tuple[int, int],
+    found: np.ndarray,
+    source_boxes: np.ndarray,
+    full_size: FullSizeFrames,
+    out_dir: Path,
+) -> tuple[Path | None, str | None]:
+    """(path, how) of the clip's reference image, or (None, None) when none can be taken.
+
+    The dataset's reference image wins; otherwise a face crop (one png per chosen frame, shared by the
+    clips that choose it) from another shot or a distant part of the same shot, never from the clip.
+    """
     if item.reference_image is not None:
         if not item.reference_image.is_file():
             raise SourceRejected("reference_missing", f"{item.reference_image} listed by the dataset is missing")
@@ -355,13 +390,14 @@ def _reference(item, cfg, probe, indices, shot_list, shot_index, clip, found, ra
     if choice is None:
         return None, None
     frame_index, how = choice
-    full = decode_frames(item.video, indices[[frame_index]])[0]
-    crop = faces.face_crop(full, raw_boxes[frame_index] / scale, margin=REFERENCE_MARGIN)
-    from PIL import Image
+    path = out_dir / "references" / f"{item.source_id}_f{frame_index:06d}.png"
+    if not path.is_file():
+        from PIL import Image
 
-    path = out_dir / "references" / f"{clip_id}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(crop).save(path)
+        full = full_size.get(np.array([frame_index]))[0]
+        crop = faces.face_crop(full, source_boxes[frame_index], margin=REFERENCE_MARGIN)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop).save(path)
     return path, f"crop: frame {frame_index} ({how})"
 
 
@@ -392,9 +428,12 @@ class CurateSummary:
 
 
 def _init_worker() -> None:
+    """One thread per worker for torch (silero) and OpenCV: parallelism comes from the processes."""
+    import cv2
     import torch
 
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 def curate_sources(
@@ -407,12 +446,18 @@ def curate_sources(
     bar = tqdm(total=len(items), desc="curate", unit="source", disable=None)
     results = []
     if cfg.workers == 1 or len(items) <= 1:
+        _init_worker()
         for item in items:
             results.append(work(item))
             bar.update()
     else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(cfg.workers, initializer=_init_worker) as pool:
+        # forkserver, not fork: forking a process whose torch/OpenMP threads already run (a notebook, a test
+        # session that used silero) can deadlock the children; spawn is the portable fallback
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["humo.data.curate"])
+        with context.Pool(cfg.workers, initializer=_init_worker) as pool:
             for result in pool.imap_unordered(work, items, chunksize=CHUNKSIZE):
                 results.append(result)
                 bar.update()

@@ -106,6 +106,41 @@ def analysis_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
 
 
+class FrameReader:
+    """An open decord reader of one video at one size; reading clips in order reuses its decoder state.
+
+    Args:
+        path: the video.
+        size: ``(width, height)`` to decode at; ``None`` = the stream's size.
+    """
+
+    def __init__(self, path: str | Path, size: tuple[int, int] | None = None) -> None:
+        width, height = size if size is not None else (-1, -1)
+        self.path = Path(path)
+        self._reader = _reader(self.path, width=width, height=height)
+
+    def __len__(self) -> int:
+        return len(self._reader)
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Frames ``indices`` ``(K,)`` (repeats allowed) as ``(K, H, W, 3)`` uint8 RGB.
+
+        Raises:
+            MediaError: indices out of range or a stream that cannot be decoded (truncated or damaged).
+        """
+        import decord
+
+        indices = np.asarray(indices, dtype=np.int64)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        if unique.size and (unique[0] < 0 or unique[-1] >= len(self._reader)):
+            raise MediaError(f"{self.path}: frame indices {unique[0]}..{unique[-1]} outside 0..{len(self) - 1}")
+        try:
+            frames = self._reader.get_batch(unique.tolist()).asnumpy()
+        except (decord.DECORDError, RuntimeError) as err:
+            raise MediaError(f"{self.path}: decoding failed (damaged or truncated stream): {err}") from err
+        return frames[inverse]
+
+
 def decode_frames(path: str | Path, indices: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode the source frames ``indices`` (repeats allowed), optionally scaled to ``size``.
 
@@ -120,16 +155,4 @@ def decode_frames(path: str | Path, indices: np.ndarray, size: tuple[int, int] |
     Raises:
         MediaError: the stream cannot be decoded (truncated or damaged).
     """
-    import decord
-
-    indices = np.asarray(indices, dtype=np.int64)
-    width, height = size if size is not None else (-1, -1)
-    reader = _reader(Path(path), width=width, height=height)
-    unique, inverse = np.unique(indices, return_inverse=True)
-    if unique.size and (unique[0] < 0 or unique[-1] >= len(reader)):
-        raise MediaError(f"{path}: frame indices {unique[0]}..{unique[-1]} outside 0..{len(reader) - 1}")
-    try:
-        frames = reader.get_batch(unique.tolist()).asnumpy()
-    except (decord.DECORDError, RuntimeError) as err:
-        raise MediaError(f"{path}: decoding failed (damaged or truncated stream): {err}") from err
-    return frames[inverse]
+    return FrameReader(path, size).get(indices)
