@@ -164,6 +164,7 @@ def run(
     Returns:
         The decision written to ``reports/register/decision.json``.
     """
+    import mlflow
     from mlflow import MlflowClient
 
     from humo.tracking import mlflow_run
@@ -191,7 +192,8 @@ def run(
             training_run_id=training_run_id,
         )
         tags[TAG_WEIGHTS] = info["weights_sha256"]
-        with mlflow_run(tracking, "register", tags={TAG_TRAINING_RUN: training_run_id}) as active:
+        run_params = {"registry": registry.model_dump(mode="json")}
+        with mlflow_run(tracking, "register", params=run_params, tags={TAG_TRAINING_RUN: training_run_id}) as active:
             client = MlflowClient(tracking_uri=tracking.uri)
             version, created = register_version(
                 client,
@@ -214,8 +216,6 @@ def run(
             out = paths.reports / "register" / DECISION_FILE
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(decision, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-            import mlflow
-
             mlflow.log_artifact(str(out))
     logger.info(
         "%s version %s (%s); champion: %s",
