@@ -154,3 +154,17 @@ def test_model_references(tmp_path) -> None:
     assert load_model("memory:/m@champion")[1].source == "memory:/m@champion"
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "not_a_checkpoint")
+
+
+def test_long_audio_is_generated_in_windows_when_enabled(pipeline, real_data, tmp_path) -> None:
+    from humo.config import LongVideoConfig
+
+    settings = SETTINGS.model_copy(update={"long_video": LongVideoConfig(enabled=True, overlap_latent_frames=1,
+                                                                          max_total_frames=17)})
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"id": "long", "prompt": "a man talks", "mode": "TA",
+                                    "audio_path": str(real_data / "humo_audio1.wav")}) + "\n")
+    summary = generate_batch(pipeline, requests, tmp_path / "out", settings, MODEL)
+    assert summary.count("generated") == 1, summary.to_dict()
+    sidecar = json.loads(Path(summary.results[0].sidecar).read_text())
+    assert sidecar["output"]["long_video"] is True and sidecar["output"]["num_frames"] == 17  # > max_frames=9

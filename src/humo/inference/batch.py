@@ -466,7 +466,8 @@ def _generate_one(
     else:
         output = pipeline(
             request.prompt, image=image, audio=audio, mode=mode, height=height, width=width,
-            num_frames=request.num_frames, max_frames=settings.max_frames, num_inference_steps=settings.steps, guidance=guidance,
+            num_frames=request.num_frames, max_frames=settings.max_frames, num_inference_steps=settings.steps,
+            guidance=guidance,
             generator=generator, output_type="mp4", output_path=tmp_video, progress=settings.progress_bar,
             crf=settings.crf,
         )

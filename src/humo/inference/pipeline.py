@@ -365,7 +365,9 @@ class HumoPipeline:
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r:.80}")
         if "I" in mode and image is None:
-            raise ValueError(f"mode {mode!r} needs a reference image; give one (img_paths) or use mode {mode.replace('I', '')!r}")
+            raise ValueError(
+                f"mode {mode!r} needs a reference image; give one (img_paths) or use mode {mode.replace('I', '')!r}"
+            )
         if "A" in mode and audio is None:
             raise ValueError(f"mode {mode!r} needs audio; give an audio file or use mode {mode.replace('A', '')!r}")
         for name, value in (("height", height), ("width", width)):
@@ -674,7 +676,8 @@ class HumoPipeline:
         frames = frames_for_audio(len(audio), cap)
         uncapped = frames_for_audio(len(audio), 10**9)
         if uncapped > frames:
-            message = f"audio of {len(audio) / AUDIO_SAMPLE_RATE:.2f} s gives {uncapped} frames; cut to the maximum {frames}"
+            seconds = len(audio) / AUDIO_SAMPLE_RATE
+            message = f"audio of {seconds:.2f} s gives {uncapped} frames; cut to the maximum {frames}"
             logger.warning("%s", message)
             notes.append(message)
         return frames, notes
@@ -762,7 +765,9 @@ class HumoPipeline:
         video_latents = latents[:, :, :num_latent]  # drop the reference frames
         timings["denoise"] = time.perf_counter() - tick
 
-        return self._finish(video_latents, audio, num_frames, mode, output_type, output_path, crf, timings, notes, start)
+        return self._finish(
+            video_latents, audio, num_frames, mode, output_type, output_path, crf, timings, notes, start
+        )
 
     def _finish(
         self,
