@@ -188,3 +188,17 @@ def test_check_inputs_names_the_problem(pipeline, speech, portrait, kwargs, frag
         pipeline("a man talks", **args)
     with pytest.raises(ValueError, match="non-empty"):
         pipeline("  ", image=portrait, audio=speech)
+
+
+def test_euler_solver_option(pipeline, speech) -> None:
+    from humo.inference.pipeline import HumoPipeline
+
+    euler = HumoPipeline(pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.audio_encoder,
+                         solver="euler", max_frames=9)
+    common = dict(audio=speech, mode="TA", height=SIZE, width=SIZE, num_frames=5, num_inference_steps=2,
+                  output_type="latent", progress=False)
+    a = euler("a man talks", generator=seeded(), **common).frames
+    b = pipeline("a man talks", generator=seeded(), **common).frames
+    assert a.shape == b.shape and torch.isfinite(a).all() and not torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown solver"):
+        HumoPipeline(pipeline.transformer, pipeline.vae, pipeline.text_encoder, pipeline.audio_encoder, solver="ddim")
