@@ -42,6 +42,7 @@ def mlflow_run(
     run_name: str,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
+    log_system_metrics: bool = False,
 ) -> Iterator[Any]:
     """Open an MLflow run for a stage; yields the active ``mlflow.ActiveRun``.
 
@@ -50,6 +51,7 @@ def mlflow_run(
         run_name: a readable name, e.g. ``"train_vae"``.
         params: nested config to log as flattened params (e.g. ``{"train_vae": cfg.model_dump()}``).
         tags: extra tags.
+        log_system_metrics: also record CPU/memory (and GPU) use every few seconds (MLflow system metrics).
     """
     import mlflow
 
@@ -59,7 +61,7 @@ def mlflow_run(
     all_tags = {"humo.stage": run_name, **(tags or {})}
     if parent:
         all_tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
+    with mlflow.start_run(run_name=run_name, tags=all_tags, log_system_metrics=log_system_metrics) as run:
         if params:
             mlflow.log_params(flatten(params))
         logger.info("MLflow run %s (%s) in %s", run.info.run_id, run_name, tracking.uri)

@@ -24,7 +24,7 @@ def train_params(params_path: Path, tmp_path: Path, mlflow_uri: str) -> Params:
         [
             f"paths.artifacts={tmp_path / 'artifacts'}",
             f"tracking.uri={mlflow_uri}",
-            "model.overrides={num_layers: 2}",
+            "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}",
             "train.batch_size=4",
             "train.val_every_n_steps=3",
             "train.val_batches=1",

@@ -25,7 +25,7 @@ def _train(project_root: Path, artifacts: Path, uri: str, *extra: str) -> dict:
     make_shards(artifacts)
     cmd = [
         sys.executable, str(HUMO), "train-stage1", "--params", str(project_root / "params.yaml"),
-        f"paths.artifacts={artifacts}", f"tracking.uri={uri}", "model.overrides={num_layers: 2}",
+        f"paths.artifacts={artifacts}", f"tracking.uri={uri}", "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}",
         "train.batch_size=4", "train.val_every_n_steps=4", "train.val_batches=1", "train.checkpoint_every_n_steps=4",
         "train.warmup_steps=0", "train_stage1.steps=4", "train_stage1.learning_rate=0.001", *extra,
     ]
@@ -54,3 +54,37 @@ def test_fsdp_two_processes_match_one_process(project_root: Path, tmp_path: Path
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=2e-4)
     assert moved and any(not torch.equal(a[k], load_file(str(tmp_path / "single" / "train_stage1" / "ema.safetensors"))[k]) for k in moved)
+
+
+def test_sigkilled_run_resumes_to_the_same_weights(project_root: Path, tmp_path: Path, mlflow_uri: str) -> None:
+    """A run killed with SIGKILL mid-epoch resumes from its last checkpoint and ends bitwise equal."""
+    import signal
+    import time
+
+    steps = ["train_stage1.steps=24", "train.checkpoint_every_n_steps=4", "train.val_every_n_steps=8"]
+    reference = _train(project_root, tmp_path / "reference", mlflow_uri, *steps)
+
+    artifacts = tmp_path / "killed"
+    make_shards(artifacts)
+    cmd = [
+        sys.executable, str(HUMO), "train-stage1", "--params", str(project_root / "params.yaml"),
+        f"paths.artifacts={artifacts}", f"tracking.uri={mlflow_uri}", "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}",
+        "train.batch_size=4", "train.val_batches=1", "train.warmup_steps=0", "train_stage1.learning_rate=0.001", *steps,
+    ]
+    last = artifacts / "train_stage1" / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(cmd, cwd=project_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    assert not (artifacts / "train_stage1" / "model.safetensors").exists()
+    done = subprocess.run(cmd, cwd=project_root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads((artifacts / "train_stage1" / "run.json").read_text())
+    assert resumed["val_history"][0][0] > 0  # it did not start over
+    for name in ("model.safetensors", "ema.safetensors"):
+        want = load_file(str(tmp_path / "reference" / "train_stage1" / name))
+        got = load_file(str(artifacts / "train_stage1" / name))
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    assert reference["metrics"]["val/loss"] == resumed["metrics"]["val/loss"]

@@ -23,7 +23,7 @@ from shard_factory import make_shards
 def _pretrained_like(seed: int = 0) -> HumoTransformer3D:
     """A tiny 2-layer DiT whose zero-initialised outputs were perturbed, as a pretrained backbone would be."""
     torch.manual_seed(seed)
-    model = HumoTransformer3D.from_preset("tiny", num_layers=2)
+    model = HumoTransformer3D.from_preset("tiny", num_layers=2, dim=64, ffn_dim=128, num_heads=2)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name == "head.head.weight" or name.endswith("audio_cross_attn.o.weight"):

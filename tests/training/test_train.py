@@ -31,7 +31,7 @@ def test_two_stages_write_checkpoints_and_track_in_mlflow(train_params, shards) 
         run = json.loads((folder / "run.json").read_text())
         assert run["run_id"] == result.run_id and run["checkpoint"] == str(folder)
         config = json.loads((folder / "config.json").read_text())
-        assert config["preset"] == "tiny" and config["transformer"]["num_layers"] == 2
+        assert config["preset"] == "tiny" and config["transformer"]["num_layers"] == 2 and config["transformer"]["dim"] == 64
         assert [step for step, _ in result.val_history] == [0, 3, 6]
         raw, ema = load_file(str(folder / "model.safetensors")), load_file(str(folder / "ema.safetensors"))
         assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the EMA is saved beside the raw weights
@@ -145,12 +145,12 @@ def test_stage2_without_stage1(train_params, shards) -> None:
 
 def test_stage2_from_another_preset(train_params, shards) -> None:
     _run(1, train_params.model_copy(update={"train_stage1": train_params.train_stage1.model_copy(update={"steps": 1})}))
-    three_layers = train_params.model_copy(update={"model": train_params.model.model_copy(update={"overrides": {"num_layers": 3}})})
+    three_layers = train_params.model_copy(update={"model": train_params.model.model_copy(update={"overrides": {"num_layers": 3, "dim": 64, "ffn_dim": 128, "num_heads": 2}})})
     with pytest.raises(ValueError, match="num_layers"):
         _run(2, three_layers)
 
 
 def test_shards_of_other_encoders(train_params, shards) -> None:
-    wider = train_params.model_copy(update={"model": train_params.model.model_copy(update={"overrides": {"num_layers": 2, "audio_channels": 128}})})
+    wider = train_params.model_copy(update={"model": train_params.model.model_copy(update={"overrides": {"num_layers": 2, "dim": 64, "ffn_dim": 128, "num_heads": 2, "audio_channels": 128}})})
     with pytest.raises(ValueError, match="do not fit the model preset"):
         _run(1, wider)

@@ -297,7 +297,13 @@ def run(
     run_name = f"train_stage{stage}"
     mlflow_params = {**params_used, "transformer": transformer_cfg.model_dump(mode="json")}
     context = (
-        mlflow_run(tracking, run_name, params=mlflow_params, tags={"humo.resumed": str(resume_from is not None)})
+        mlflow_run(
+            tracking,
+            run_name,
+            params=mlflow_params,
+            tags={"humo.resumed": str(resume_from is not None)},
+            log_system_metrics=True,
+        )
         if rank == 0
         else contextlib.nullcontext(None)
     )
