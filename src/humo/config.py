@@ -594,7 +594,7 @@ class EvaluateConfig(Section):
     """Held-out clips in the evaluation set (distinct held-out identities first)."""
     modes: tuple[Literal["T", "TA", "TI", "TIA"], ...] = ("TA", "TI", "TIA")
     """Generation modes evaluated (the paper compares TA, TI and TIA)."""
-    steps: int = Field(20, ge=1)
+    steps: int = Field(10, ge=1)
     """Denoising steps per evaluation video (fewer than ``generate.steps`` to fit the stage's time budget)."""
     decode_batch: int = Field(9, ge=1)
     """Videos decoded by the VAE at once (the causal VAE decodes frame by frame: batching is much faster)."""

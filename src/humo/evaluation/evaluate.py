@@ -247,7 +247,7 @@ def run(
     from humo.evaluation import report
     from humo.inference.batch import build_pipeline, load_model
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     eval_dir = paths.artifacts / EVAL_SET_DIR
     cases = load_cases(eval_dir)
     candidate = Path(candidate or paths.artifacts / CANDIDATE_DIR)
@@ -270,6 +270,7 @@ def run(
         candidate=f"{candidate} ({info.version})",
         cfg=cfg,
         seconds=seconds,
+        cpu_seconds=time.process_time() - cpu_start,
     )
     run_id = _log_to_mlflow(tracking, candidate / "run.json", document, decision, report_dir)
     logger.info(

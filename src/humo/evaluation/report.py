@@ -154,7 +154,8 @@ def _write_strips(
             picks = np.linspace(0, len(clip.frames) - 1, num_frames).round().astype(int)
             line = np.concatenate([reference, *clip.frames[picks]], axis=1)
             label = Image.fromarray(np.full((line.shape[0], 48, 3), 255, np.uint8))
-            ImageDraw.Draw(label).text((2, line.shape[0] // 2 - 5), clip.mode[:12], fill=(0, 0, 0))
+            name = "truth" if clip.mode == "ground_truth" else clip.mode
+            ImageDraw.Draw(label).text((2, line.shape[0] // 2 - 5), name[:8], fill=(0, 0, 0))
             lines.append(np.concatenate([np.asarray(label), line], axis=1))
         blocks.append(np.concatenate(lines, axis=0))
         blocks.append(np.full((8, blocks[-1].shape[1], 3), 255, np.uint8))
@@ -175,6 +176,7 @@ def write_report(
     candidate: str,
     cfg: EvaluateConfig,
     seconds: float,
+    cpu_seconds: float | None = None,
 ) -> Path:
     """Write every output of the evaluate stage under ``report_dir``; returns the Markdown report's path."""
     report_dir = Path(report_dir)
@@ -190,7 +192,8 @@ def write_report(
         "",
         f"Candidate: `{candidate}`. Evaluation set: {len(cases)} held-out cases "
         f"({len({c.identity_id for c in cases})} identities never trained on, their unseen speech), "
-        f"modes {', '.join(cfg.modes)}, {cfg.steps} denoising steps, seed {cfg.seed}. Took {seconds:.0f} s.",
+        f"modes {', '.join(cfg.modes)}, {cfg.steps} denoising steps, seed {cfg.seed}. Took {seconds:.0f} s"
+        + (f" ({cpu_seconds:.0f} CPU-seconds in this process)." if cpu_seconds is not None else "."),
         "",
         "Provenance of each figure: **exact** = measured from pixels against SynthTalk's ground truth with the "
         "renderer's own palette and geometry (no learned model); **proxy** = a model-free stand-in whose scale is "
