@@ -35,7 +35,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "register": ("registry", "tracking", "encoders", "generate", "paths"),
     "eval-set": ("evaluate", "paths"),
     "evaluate": ("evaluate", "generate", "encoders", "tracking", "paths"),
-    "generate": ("generate", "encoders", "paths"),
+    "generate": ("generate", "encoders", "tracking", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""
 
@@ -235,6 +235,12 @@ def generate(
     p = _load(params, overrides)
     from humo.inference import batch
 
+    if model.startswith("models:/"):
+        import mlflow
+
+        import humo.registry  # noqa: F401  (registers the models:/ resolver with humo.inference.batch)
+
+        mlflow.set_tracking_uri(p.tracking.uri)
     try:
         summary = batch.run(p.generate, p.encoders, p.paths, requests=requests, out_dir=out, model=model)
     except USER_ERRORS as err:
