@@ -42,6 +42,7 @@ def list_request_files(source: Path) -> list[Path]:
 @task(name="generate-requests", task_run_name="generate {requests.name}", retries=0, tags=["inference"])
 def generate_requests(requests: Path, out_dir: Path, model: str, params_path: Path, overrides: list[str]) -> dict:
     """Generate one request file with :func:`humo.inference.batch.run`; returns its summary as a dict."""
+    import humo.registry  # noqa: F401  (registers the models:/name@alias resolver with humo.inference.batch)
     from humo.inference import batch
 
     params = load_params(params_path, overrides)
