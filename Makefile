@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export PYTHONHASHSEED := 0
 
-.PHONY: setup data run test test-slow bench clean-venv
+.PHONY: setup data run test test-slow bench ablation clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ test: setup
 
 test-slow: setup
 	$(BIN)/pytest -m slow
+
+# Miniature ablation table (outside the main job; needs `make run` first): trains stage 2 once more without the
+# focus-by-predicting loss into artifacts/ablation/, evaluates every variant, writes reports/ablation/table.md.
+ablation: run
+	$(BIN)/humo ablation
 
 bench: setup
 	@for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

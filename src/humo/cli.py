@@ -317,3 +317,17 @@ def evaluate_real(
         video.name, figures["face_presence"], own["sync_confidence_at_zero"], own["sync_offset"],
         figures["shift_frames"], shifted["sync_confidence_at_zero"], shifted["sync_offset"], figures["null"]["p95"],
     )
+
+
+@app.command()
+def ablation(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Miniature ablation table (outside the main job): stage 1 vs 2, no mask loss, fixed guidance, TA vs TIA."""
+    p = _load(params, overrides)
+    from humo.evaluation import ablation as ablation_module
+
+    try:
+        ablation_module.run(
+            p.evaluate, p.generate, p.encoders, p.train, p.train_stage2, p.model, p.tracking, p.paths
+        )
+    except USER_ERRORS as err:
+        raise _fail(err) from None

@@ -112,3 +112,46 @@ def test_evaluate_stage_writes_metrics_gate_report_and_logs_to_the_training_run(
     logged = mlflow.tracking.MlflowClient().get_run(training_run.info.run_id)
     assert math.isclose(logged.data.metrics["eval.TIA.identity_similarity"], document["TIA"]["identity_similarity"])
     assert logged.data.tags["humo.gate"] == "failed"
+
+
+def _save_random_candidate(folder: Path, run_id: str, seed: int) -> None:
+    from humo.models.transformer import HumoTransformer3D
+    from humo.training.checkpoints import save_trained
+
+    torch.manual_seed(seed)
+    model = HumoTransformer3D.from_preset("tiny", num_layers=2).eval()
+    with torch.no_grad():  # the preset zero-initialises the output head: give it weights so videos differ
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    state = model.state_dict()
+    save_trained(
+        folder, state, state,
+        config={"stage": 2, "preset": "tiny", "transformer": model.humo_config.model_dump(mode="json"), "params": {}},
+        run={"run_id": run_id, "checkpoint": "ema.safetensors"},
+    )
+
+
+@pytest.mark.slow
+def test_ablation_table_has_every_variant_and_checks_the_expectations(project) -> None:
+    from humo.evaluation import ablation
+    from humo.models.encoders import build_tiny_vae
+
+    evalset.run(project.evaluate, project.paths)
+    artifacts = project.paths.artifacts
+    for seed, folder in enumerate(("train_stage1", "train_stage2", str(ablation.NO_MASK_DIR / "train_stage2"))):
+        _save_random_candidate(artifacts / folder, run_id=f"run{seed}", seed=seed)
+    build_tiny_vae(TINY_VAE_BASE_DIM).save_pretrained(artifacts / "train_vae" / "vae")
+
+    document = ablation.run(
+        project.evaluate, project.generate, project.encoders, project.train, project.train_stage2, project.model,
+        project.tracking, project.paths,
+    )
+
+    assert list(document["rows"]) == [variant.name for variant in ablation.variants()]
+    rows = document["rows"]
+    assert rows["stage 2, TA"] != rows["stage 2, TIA (full)"]  # the image condition changes the video
+    assert rows["stage 1, TIA"] != rows["stage 2, TIA (full)"]  # another checkpoint, another video
+    holds = {item["statement"]: item["holds"] for item in document["expectations"]}
+    assert len(holds) == 3 and all(isinstance(value, bool) for value in holds.values())
+    table = (project.paths.reports / "ablation" / "table.md").read_text()
+    assert "stage 2 w/o focus-by-predicting, TIA" in table and "fixed guidance" in table
