@@ -275,3 +275,15 @@ def test_bad_inputs_become_rejects_with_clear_reasons(tmp_path: Path) -> None:
     assert "0 bytes" in details["empty"] and "8x8" in details["tiny"] and "20 frame(s)" in details["short"]
     assert "no_face=1" in details["no_face"]
     assert summary.sources == 10 and summary.clips == 0 and len(manifest) == 0
+
+
+def test_hardlinked_clips_and_the_accounting_check(synthtalk_small: Path, tmp_path: Path) -> None:
+    summary, manifest, _ = _run(tmp_path, source_dir=synthtalk_small, limit=2, link_mode="hardlink")
+    for row in manifest.itertuples():
+        clip = tmp_path / row.video
+        assert clip.parent == tmp_path / "artifacts" / "curate" / "clips" and clip.stat().st_nlink >= 2
+        assert clip.read_bytes() == Path(row.source).read_bytes()
+    items = read_humoset(synthtalk_small)[:3]
+    results = [curate.SourceResult(source=str(item.video), rows=[{"source": str(item.video)}]) for item in items[:2]]
+    with pytest.raises(RuntimeError, match="3 in, 2 with clips, 0 rejected"):
+        curate.check_accounting(items, results, Path("/"))
