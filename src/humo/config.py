@@ -429,8 +429,6 @@ class TrainConfig(Section):
     checkpoint_every_n_steps: int = Field(100, ge=1)
     """Resumable checkpoint (weights, optimizer, scheduler, EMA, step) every N steps."""
     log_every_n_steps: int = Field(10, ge=1)
-    sample_every_n_steps: int = Field(0, ge=0)
-    """Render the fixed validation samples every N steps as MLflow artifacts (0 = off)."""
 
     @model_validator(mode="after")
     def _check_devices(self) -> TrainConfig:
@@ -604,6 +602,13 @@ class EvaluateConfig(Section):
     """Pixels added around the union of a case's annotated mouth boxes (a generated head moves a little)."""
     strip_frames: int = Field(6, ge=1)
     """Frames per clip shown in the report's frame strips."""
+    sync_scorer: str | None = None
+    """Extra sync figures (``sync_model_*``, provenance model) from a scorer registered in
+    ``humo.data.sync.SYNC_SCORERS`` (e.g. a SyncNet wrapper with local weights); ``None`` = none."""
+    image_embedder: Path | None = None
+    """A local CLIP or DINO(v2) folder (save_pretrained): adds ``embedding_similarity`` (CLIP-I / DINO-I)."""
+    text_scorer: Path | None = None
+    """A local CLIP folder: adds ``text_model_score`` (caption-frame CLIP similarity, a TVA stand-in)."""
     real_shift_frames: int = Field(8, ge=1)
     """Real-video check (``humo evaluate-real``): delay of the deliberately shifted audio, in frames."""
     real_max_offset: int = Field(15, ge=1)

@@ -86,3 +86,29 @@ def test_clip_text_scorer_scores_a_caption_against_frames(model_dirs, truth_clip
 def test_missing_model_folder_names_the_fix(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="save_pretrained"):
         HFImageEmbedder(tmp_path)
+
+
+def test_evaluate_scores_with_configured_real_models(model_dirs, truth_clips, params_path) -> None:
+    from humo.config import load_params
+    from humo.evaluation.evalset import EvalCase
+    from humo.evaluation.evaluate import Evaluators, score_clip
+
+    cfg = load_params(
+        params_path,
+        [f"evaluate.image_embedder={model_dirs['dino']}", f"evaluate.text_scorer={model_dirs['clip']}",
+         "evaluate.sync_scorer=motion"],
+    ).evaluate
+    clip = truth_clips[0]
+    truth = clip.truth
+    case = EvalCase(
+        case_id="c", clip_id=truth["clip_id"], identity_id=truth["identity_id"], caption=clip.caption,
+        reference="-", audio="-", truth_video="-", num_frames=len(clip.frames), fps=clip.fps,
+        height=clip.frames.shape[1], width=clip.frames.shape[2], face_boxes=truth["face_box"],
+        mouth_boxes=truth["mouth_box"], reference_face_box=truth["reference"]["face_box"],
+        identity=truth["identity"], scene={},
+    )
+    figures, _ = score_clip(clip.frames, clip.audio, clip.reference, case, cfg, Evaluators.from_config(cfg))
+    assert figures["sync_model_offset"] == 0 and figures["sync_model_confidence_at_zero"] > 0.5
+    assert -1.0 <= figures["embedding_similarity"] <= 1.0 and -1.0 <= figures["text_model_score"] <= 1.0
+    plain, _ = score_clip(clip.frames, clip.audio, clip.reference, case, cfg)
+    assert "embedding_similarity" not in plain and plain["identity_similarity"] == figures["identity_similarity"]

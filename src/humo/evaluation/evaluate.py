@@ -52,8 +52,34 @@ class ScoredClip:
     frames: np.ndarray
 
 
+@dataclass
+class Evaluators:
+    """Optional real evaluator models configured in ``evaluate`` (provenance ``model``); all may be None."""
+
+    sync: Any = None
+    image: Any = None
+    text: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: EvaluateConfig) -> Evaluators:
+        """Load the plug-ins named by ``evaluate.sync_scorer``, ``image_embedder`` and ``text_scorer``."""
+        from humo.data.sync import make_scorer
+        from humo.evaluation.embedders import ClipTextScorer, HFImageEmbedder
+
+        return cls(
+            sync=make_scorer(cfg.sync_scorer, cfg.sync_max_offset) if cfg.sync_scorer else None,
+            image=HFImageEmbedder(cfg.image_embedder) if cfg.image_embedder else None,
+            text=ClipTextScorer(cfg.text_scorer) if cfg.text_scorer else None,
+        )
+
+
 def score_clip(
-    frames: np.ndarray, audio: np.ndarray, reference: np.ndarray, case: EvalCase, cfg: EvaluateConfig
+    frames: np.ndarray,
+    audio: np.ndarray,
+    reference: np.ndarray,
+    case: EvalCase,
+    cfg: EvaluateConfig,
+    evaluators: Evaluators | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Every figure of :data:`~humo.evaluation.metrics.METRICS` for one video of a case (real models excepted).
 
@@ -63,6 +89,7 @@ def score_clip(
         reference: ``(H, W, 3)`` uint8 reference image of the case.
         case: the case (boxes, caption).
         cfg: the ``evaluate`` section (sync search range, mouth margin).
+        evaluators: optional real models adding ``sync_model_*``, ``embedding_similarity``, ``text_model_score``.
 
     Returns:
         ``(figures, sync_scores)``: flat name -> value, and the ``(2K+1,)`` exact-sync distance per offset.
@@ -82,6 +109,16 @@ def score_clip(
         **metrics.quality_figures(frames),
         "face_presence": metrics.face_presence_synthtalk(reference, reference_box, frames, face_boxes),
     }
+    if evaluators is not None:
+        from humo.evaluation.embedders import embedding_similarity
+
+        if evaluators.sync is not None:
+            estimate = evaluators.sync(frames, face_boxes, audio, case.fps, 16_000)
+            figures.update(metrics.sync_figures(estimate, prefix="sync_model"))
+        if evaluators.image is not None:
+            figures.update(embedding_similarity(evaluators.image, reference, reference_box, frames, face_boxes))
+        if evaluators.text is not None:
+            figures["text_model_score"] = evaluators.text(case.caption, frames)
     return figures, np.asarray(exact.scores)
 
 
@@ -105,7 +142,12 @@ def _case_inputs(eval_dir: Path, case: EvalCase) -> tuple[np.ndarray, np.ndarray
 
 
 def generate_and_score(
-    pipe: Any, cases: list[EvalCase], eval_dir: Path, cfg: EvaluateConfig, generate: GenerateConfig
+    pipe: Any,
+    cases: list[EvalCase],
+    eval_dir: Path,
+    cfg: EvaluateConfig,
+    generate: GenerateConfig,
+    evaluators: Evaluators | None = None,
 ) -> list[ScoredClip]:
     """Generate every case in every mode of ``cfg.modes`` with ``pipe`` and score the videos.
 
@@ -119,6 +161,7 @@ def generate_and_score(
         eval_dir: its folder.
         cfg: the ``evaluate`` section (modes, steps, seed, decode batch).
         generate: the ``generate`` section (guidance settings).
+        evaluators: optional real evaluator models (see :func:`score_clip`).
     """
     import torch
 
@@ -154,7 +197,7 @@ def generate_and_score(
         for (mode, case, _), video in zip(chunk, videos, strict=True):
             frames = tensor_to_frames(video)[: case.num_frames]
             reference, audio = inputs[case.case_id]
-            figures, scores = score_clip(frames, audio, reference, case, cfg)
+            figures, scores = score_clip(frames, audio, reference, case, cfg, evaluators)
             scored.append(ScoredClip(case.case_id, mode, figures, scores, frames))
             logger.info(
                 "%s %s: sync %.3f identity %.3f text %.2f",
@@ -164,13 +207,15 @@ def generate_and_score(
     return scored
 
 
-def score_ground_truth(cases: list[EvalCase], eval_dir: Path, cfg: EvaluateConfig) -> list[ScoredClip]:
+def score_ground_truth(
+    cases: list[EvalCase], eval_dir: Path, cfg: EvaluateConfig, evaluators: Evaluators | None = None
+) -> list[ScoredClip]:
     """Score the evaluation set's own clips (the ceiling the generated videos are read against)."""
     scored = []
     for case in cases:
         reference, audio = _case_inputs(eval_dir, case)
         frames = read_clip(eval_dir / case.truth_video).frames
-        figures, scores = score_clip(frames, audio, reference, case, cfg)
+        figures, scores = score_clip(frames, audio, reference, case, cfg, evaluators)
         scored.append(ScoredClip(case.case_id, GROUND_TRUTH, figures, scores, frames))
     return scored
 
@@ -253,8 +298,9 @@ def run(
     candidate = Path(candidate or paths.artifacts / CANDIDATE_DIR)
     transformer, info = load_model(candidate)
     pipe = build_pipeline(transformer, generate, encoders, paths)
-    scored = score_ground_truth(cases, eval_dir, cfg)
-    scored += generate_and_score(pipe, cases, eval_dir, cfg, generate)
+    evaluators = Evaluators.from_config(cfg)
+    scored = score_ground_truth(cases, eval_dir, cfg, evaluators)
+    scored += generate_and_score(pipe, cases, eval_dir, cfg, generate, evaluators)
     document = summarise(scored, cfg.gate.mode)
     decision = passes(document.get(cfg.gate.mode, {}), cfg.gate)
     seconds = time.perf_counter() - start

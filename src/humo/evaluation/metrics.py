@@ -70,6 +70,9 @@ METRICS: dict[str, MetricInfo] = {
     "sync_motion_confidence_at_zero": MetricInfo(
         "sync", "proxy", True, "Sync-C", "generic mouth-motion sync of humo.data.sync at offset 0"
     ),
+    "sync_model_confidence_at_zero": MetricInfo(
+        "sync", "model", True, "Sync-C", "a registered SyncNet-style scorer (evaluate.sync_scorer) at offset 0"
+    ),
     "identity_similarity": MetricInfo(
         "identity", "exact", True, "ID-Cur / ID-Glink",
         "skin and hair colour of each frame vs the reference image, exp(-(d/30)^2) averaged",
