@@ -15,6 +15,8 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export PYTHONHASHSEED := 0
+# dvc.yaml stages call `humo <command>`: the venv's bin must be on PATH for `dvc repro` (and `humo ablation`).
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup data run test test-slow bench ablation clean-venv
 
