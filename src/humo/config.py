@@ -574,7 +574,7 @@ class EvaluateGateConfig(Section):
         default_factory=lambda: {
             "sync_confidence_at_zero": 0.05,
             "identity_similarity": 0.2,
-            "text_alignment": 0.25,
+            "text_alignment": 0.5,
             "face_presence": 0.5,
         }
     )
