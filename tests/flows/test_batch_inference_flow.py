@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-from prefect.testing.utilities import prefect_test_harness
-
 from flows.batch_inference import dask_runner, with_cluster
 from humo.config import OrchestrationConfig
 from humo.models.encoders import build_tiny_vae
@@ -16,12 +14,6 @@ from humo.models.transformer import HumoTransformer3D
 from humo.training.checkpoints import save_trained
 
 TINY_VAE_BASE_DIM = 8
-
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def _checkpoint(folder: Path) -> Path:

@@ -427,7 +427,7 @@ class CurateSummary:
         )
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     """One thread per worker for torch (silero) and OpenCV: parallelism comes from the processes."""
     import cv2
     import torch
@@ -446,7 +446,7 @@ def curate_sources(
     bar = tqdm(total=len(items), desc="curate", unit="source", disable=None)
     results = []
     if cfg.workers == 1 or len(items) <= 1:
-        _init_worker()
+        init_worker()
         for item in items:
             results.append(work(item))
             bar.update()
@@ -457,7 +457,7 @@ def curate_sources(
         context = multiprocessing.get_context(method)
         if method == "forkserver":
             context.set_forkserver_preload(["humo.data.curate"])
-        with context.Pool(cfg.workers, initializer=_init_worker) as pool:
+        with context.Pool(cfg.workers, initializer=init_worker) as pool:
             for result in pool.imap_unordered(work, items, chunksize=CHUNKSIZE):
                 results.append(result)
                 bar.update()
@@ -480,34 +480,37 @@ def check_accounting(items: list[SourceItem], results: list[SourceResult], proje
         )
 
 
-def run(cfg: CurateConfig, paths: PathsConfig, project_root: Path | None = None) -> CurateSummary:
-    """The ``curate`` stage: read the sources, curate them in parallel, write manifest, rejects and report.
-
-    Args:
-        cfg: the ``curate`` section.
-        paths: the ``paths`` section (``raw`` is read unless ``cfg.source_dir`` is set; outputs go to
-            ``artifacts/curate`` and ``reports/curate``).
-        project_root: manifest paths are relative to it; default the current folder.
-
-    Returns:
-        A :class:`CurateSummary`.
+def prepare(cfg: CurateConfig, paths: PathsConfig) -> tuple[list[SourceItem], Path]:
+    """Read the source list and clear the clips of a previous run; returns ``(items, out_dir)``.
 
     Raises:
         FileNotFoundError: the source folder or its index is missing.
     """
-    started = time.perf_counter()
-    root = Path(project_root) if project_root is not None else Path.cwd()
     source_dir = cfg.source_dir if cfg.source_dir is not None else paths.raw
     items = read_sources(cfg.source_format, source_dir, cfg.limit)
     out_dir = Path(paths.artifacts) / "curate"
-    report_dir = Path(paths.reports) / "curate"
     for stale in (out_dir / "clips", out_dir / "references"):
         if stale.exists():
             shutil.rmtree(stale)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return items, out_dir.absolute()
 
-    results = curate_sources(items, cfg, out_dir.absolute(), root.absolute())
-    check_accounting(items, results, root.absolute())
+
+def finish(
+    items: list[SourceItem], results: list[SourceResult], paths: PathsConfig, project_root: Path, started: float
+) -> CurateSummary:
+    """Check that every source is accounted for, then write manifest, rejects and report.
+
+    Args:
+        items: the sources :func:`prepare` listed.
+        results: one :class:`SourceResult` per source, in any order.
+        paths: the ``paths`` section.
+        project_root: manifest paths are relative to it.
+        started: ``time.perf_counter()`` when the run began (for the throughput figure).
+    """
+    results = sorted(results, key=lambda r: r.source)
+    out_dir = Path(paths.artifacts) / "curate"
+    check_accounting(items, results, project_root)
     rows = [row for r in results for row in r.rows]
     rejects = [rej for r in results for rej in r.rejects]
     write_manifest(rows, out_dir / "manifest.parquet")
@@ -522,9 +525,34 @@ def run(cfg: CurateConfig, paths: PathsConfig, project_root: Path | None = None)
         source_seconds=float(sum(r.seconds for r in results)),
         wall_seconds=time.perf_counter() - started,
     )
-    write_report(report_dir, summary, results, rows, rejects)
+    write_report(Path(paths.reports) / "curate", summary, results, rows, rejects)
     logger.info("%s", summary)
     return summary
+
+
+def run(cfg: CurateConfig, paths: PathsConfig, project_root: Path | None = None) -> CurateSummary:
+    """The ``curate`` stage: read the sources, curate them in parallel, write manifest, rejects and report.
+
+    The three steps (:func:`prepare`, :func:`curate_sources`, :func:`finish`) are public so that the curation
+    flow can fan :func:`process_source` out over a Dask cluster instead of this machine's process pool.
+
+    Args:
+        cfg: the ``curate`` section.
+        paths: the ``paths`` section (``raw`` is read unless ``cfg.source_dir`` is set; outputs go to
+            ``artifacts/curate`` and ``reports/curate``).
+        project_root: manifest paths are relative to it; default the current folder.
+
+    Returns:
+        A :class:`CurateSummary`.
+
+    Raises:
+        FileNotFoundError: the source folder or its index is missing.
+    """
+    started = time.perf_counter()
+    root = (Path(project_root) if project_root is not None else Path.cwd()).absolute()
+    items, out_dir = prepare(cfg, paths)
+    results = curate_sources(items, cfg, out_dir, root)
+    return finish(items, results, paths, root, started)
 
 
 def write_report(
