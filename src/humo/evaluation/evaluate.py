@@ -3,7 +3,8 @@
 Steps of :func:`run`:
 
 1. load the fixed evaluation set (``artifacts/eval_set``, stage ``eval_set``) and score its ground-truth clips
-   (the ceiling row of the report: what the metrics give a perfect generator);
+   (the ceiling row of the report: what the metrics give a perfect generator), raw and after a VAE round trip
+   (what any generator decoding through this VAE can reach at best);
 2. load the candidate (``artifacts/train_stage2``, EMA weights) into a :class:`~humo.inference.HumoPipeline`
    with the configured encoders and the ``generate`` section's solver and guidance;
 3. generate every case in every mode of ``evaluate.modes`` (TA, TI, TIA by default) with a fixed seed per case,
@@ -39,6 +40,8 @@ CANDIDATE_DIR = "train_stage2"
 REPORT_DIR = "evaluate"
 GROUND_TRUTH = "ground_truth"
 """Name of the report row scoring the evaluation set's own clips."""
+VAE_ROUND_TRIP = "vae_round_trip"
+"""Name of the report row scoring the evaluation set's clips after a VAE encode-decode (the VAE's ceiling)."""
 
 
 @dataclass
@@ -220,6 +223,30 @@ def score_ground_truth(
     return scored
 
 
+def score_vae_round_trip(
+    pipe: Any, cases: list[EvalCase], eval_dir: Path, cfg: EvaluateConfig, evaluators: Evaluators | None = None
+) -> list[ScoredClip]:
+    """Score the ground-truth clips after a VAE encode-decode round trip: the ceiling any generator can reach
+    through this VAE (a VAE that blurs mouths or colours caps sync, identity and text figures here)."""
+    import torch
+
+    from humo.models.encoders import frames_to_tensor, tensor_to_frames
+
+    clips = [read_clip(eval_dir / case.truth_video).frames for case in cases]
+    scored = []
+    for first in range(0, len(cases), cfg.decode_batch):
+        chunk = list(range(first, min(first + cfg.decode_batch, len(cases))))
+        with torch.no_grad():
+            latents = pipe.vae.encode(torch.stack([frames_to_tensor(clips[i]) for i in chunk]))
+            videos = pipe.decode_latents(latents)
+        for i, video in zip(chunk, videos, strict=True):
+            reference, audio = _case_inputs(eval_dir, cases[i])
+            frames = tensor_to_frames(video)[: cases[i].num_frames]
+            figures, scores = score_clip(frames, audio, reference, cases[i], cfg, evaluators)
+            scored.append(ScoredClip(cases[i].case_id, VAE_ROUND_TRIP, figures, scores, frames))
+    return scored
+
+
 def summarise(scored: list[ScoredClip], gate_mode: str) -> dict[str, Any]:
     """The DVC metrics document: per-row means, and the gate mode's means again at the top level."""
     rows: dict[str, dict[str, float]] = {}
@@ -300,6 +327,7 @@ def run(
     pipe = build_pipeline(transformer, generate, encoders, paths)
     evaluators = Evaluators.from_config(cfg)
     scored = score_ground_truth(cases, eval_dir, cfg, evaluators)
+    scored += score_vae_round_trip(pipe, cases, eval_dir, cfg, evaluators)
     scored += generate_and_score(pipe, cases, eval_dir, cfg, generate, evaluators)
     document = summarise(scored, cfg.gate.mode)
     decision = passes(document.get(cfg.gate.mode, {}), cfg.gate)

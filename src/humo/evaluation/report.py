@@ -154,7 +154,7 @@ def _write_strips(
             picks = np.linspace(0, len(clip.frames) - 1, num_frames).round().astype(int)
             line = np.concatenate([reference, *clip.frames[picks]], axis=1)
             label = Image.fromarray(np.full((line.shape[0], 48, 3), 255, np.uint8))
-            name = "truth" if clip.mode == "ground_truth" else clip.mode
+            name = {"ground_truth": "truth", "vae_round_trip": "VAE"}.get(clip.mode, clip.mode)
             ImageDraw.Draw(label).text((2, line.shape[0] // 2 - 5), name[:8], fill=(0, 0, 0))
             lines.append(np.concatenate([np.asarray(label), line], axis=1))
         blocks.append(np.concatenate(lines, axis=0))
@@ -208,8 +208,10 @@ def write_report(
         lines.append(f"| {name} | " + " | ".join(_format(figures.get(key)) for key in HEADLINE) + " |")
     lines += [
         "",
-        "`ground_truth` scores the evaluation set's own clips: the ceiling of each figure. Sync is measured against "
-        "the case's audio in every mode, so TI (which never hears it) shows what an unsynchronised video scores.",
+        "`ground_truth` scores the evaluation set's own clips: the ceiling of each figure; `vae_round_trip` scores "
+        "them after the VAE's encode-decode, the best any generator decoding through this VAE can do. Sync is "
+        "measured against the case's audio in every mode, so TI (which never hears it) shows what an "
+        "unsynchronised video scores.",
         "",
         "![figures](figures.png)",
         "",
