@@ -175,6 +175,8 @@ class TrainVaeConfig(Section):
     """Base channel width of the tiny AutoencoderKLWan."""
     crop_size: int | None = Field(None, ge=8)
     """Side of the square spatial training crop (a multiple of 8; the VAE is convolutional); None = whole frames."""
+    mouth_weight: float = Field(10.0, ge=0)
+    """Extra L1 weight inside the ground-truth mouth boxes (0 = uniform): the lips carry the sync."""
 
     @model_validator(mode="after")
     def _check_frames(self) -> TrainVaeConfig:

@@ -118,3 +118,18 @@ def test_train_vae_bad_inputs(tmp_path: Path, tiny_synthtalk: Path) -> None:
         train_vae.random_crops(frames, 2, 13, np.random.default_rng(0))
     with pytest.raises(ValueError, match="split='test'"):
         train_vae.load_clips(tiny_synthtalk, "test", 2, seed=0)
+
+
+def test_crops_weight_the_mouth_box_up() -> None:
+    frames = np.zeros((1, 5, 32, 32, 3), np.uint8)
+    regions = np.array([[10, 20, 14, 24]])
+    pixels, weights = train_vae.random_crops(frames, 2, 5, np.random.default_rng(0), None, regions, 9.0)
+    assert pixels.shape == (2, 3, 5, 32, 32) and weights.shape == (2, 1, 1, 32, 32)
+    assert (weights[:, 0, 0, 20:24, 10:14] == 10.0).all()
+    assert weights.sum().item() == 2 * (32 * 32 + 9.0 * 16)
+    # a crop that misses the box keeps uniform weights; one that cuts it weights the part inside
+    _, cropped = train_vae.random_crops(frames, 16, 5, np.random.default_rng(1), 16, regions, 9.0)
+    inside = (cropped > 1).sum(dim=(1, 2, 3, 4))
+    assert inside.min() == 0 and 0 < inside.max() <= 16
+    _, uniform = train_vae.random_crops(frames, 2, 5, np.random.default_rng(0), None, regions, 0.0)
+    assert (uniform == 1).all()

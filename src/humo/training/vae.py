@@ -5,8 +5,8 @@ Upstream uses the released Wan2.1 VAE. Our embedded default cannot download it, 
 small width is trained here on random ``clip_frames``-frame crops of SynthTalk clips of the *train* identities:
 
 1. read the train and held-out clips (videos plus ground-truth annotations) from the raw dataset;
-2. train with an L1 reconstruction loss (plus a tiny KL term, as a KL-VAE) and a cosine learning-rate decay,
-   logging the loss to MLflow;
+2. train with an L1 reconstruction loss weighted up on the mouth boxes (plus a tiny KL term, as a KL-VAE) and a
+   cosine learning-rate decay, logging the loss to MLflow;
 3. measure the per-channel mean and std of the latents (posterior means) on train clips and store them in the
    saved config, so :func:`humo.models.encoders.load_vae` returns normalised latents like the Wan VAE;
 4. evaluate on whole clips of *held-out* identities: PSNR (whole frame and mouth region) and the **mouth
@@ -139,8 +139,14 @@ def load_clips(raw_dir: Path, split: str, limit: int, seed: int) -> ClipSet:
 
 
 def random_crops(
-    frames: np.ndarray, batch_size: int, clip_frames: int, rng: np.random.Generator, crop_size: int | None = None
-) -> torch.Tensor:
+    frames: np.ndarray,
+    batch_size: int,
+    clip_frames: int,
+    rng: np.random.Generator,
+    crop_size: int | None = None,
+    mouth_regions: np.ndarray | None = None,
+    mouth_weight: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` random crops of ``clip_frames`` frames (and ``crop_size`` pixels square) from random clips.
 
     Args:
@@ -149,9 +155,12 @@ def random_crops(
         clip_frames: frames per crop.
         rng: the random generator.
         crop_size: side of a square spatial crop; None = whole frames.
+        mouth_regions: ``(N, 4)`` mouth boxes of the clips (``ClipSet.mouth_regions``), for the loss weights.
+        mouth_weight: extra loss weight of the pixels inside a clip's mouth box (0 = uniform weights).
 
     Returns:
-        ``[batch_size, 3, clip_frames, S, S]`` (or ``H x W``) float32 in [-1, 1].
+        ``[batch_size, 3, clip_frames, S, S]`` (or ``H x W``) float32 pixels in [-1, 1], and the per-pixel loss
+        weights ``[batch_size, 1, 1, S, S]`` (1 outside the mouth box, ``1 + mouth_weight`` inside).
     """
     num_clips, num_frames, height, width = frames.shape[:4]
     size_h, size_w = (height, width) if crop_size is None else (crop_size, crop_size)
@@ -168,7 +177,13 @@ def random_crops(
         frames[c, s : s + clip_frames, y : y + size_h, x : x + size_w]
         for c, s, y, x in zip(clips, starts, tops, lefts, strict=True)
     ])
-    return frames_to_tensor(crops.reshape(-1, *crops.shape[2:])).unflatten(1, (batch_size, clip_frames)).transpose(0, 1)
+    pixels = frames_to_tensor(crops.reshape(-1, *crops.shape[2:])).unflatten(1, (batch_size, clip_frames)).transpose(0, 1)
+    weights = torch.ones(batch_size, 1, 1, size_h, size_w)
+    if mouth_regions is not None and mouth_weight > 0:
+        for i, (c, y, x) in enumerate(zip(clips, tops, lefts, strict=True)):
+            x0, y0, x1, y1 = mouth_regions[c]
+            weights[i, ..., max(y0 - y, 0) : max(y1 - y, 0), max(x0 - x, 0) : max(x1 - x, 0)] += mouth_weight
+    return pixels, weights
 
 
 def _whole_clips(frames: np.ndarray) -> torch.Tensor:
@@ -183,14 +198,22 @@ def _whole_clips(frames: np.ndarray) -> torch.Tensor:
 # =====================================================================================================
 
 
-def train_steps(vae, frames: np.ndarray, cfg: TrainVaeConfig, log_metric) -> list[float]:
+def train_steps(
+    vae, frames: np.ndarray, cfg: TrainVaeConfig, log_metric, mouth_regions: np.ndarray | None = None
+) -> list[float]:
     """Optimise ``vae`` (a ``diffusers.AutoencoderKLWan``) for ``cfg.steps`` steps on random crops.
+
+    The loss is an L1 reconstruction of the posterior mean (the latent that precompute and inference use; a
+    sampled latent buried the untrained encoder's small signal in unit noise) weighted up by
+    ``cfg.mouth_weight`` inside the mouth boxes (the lips are a few percent of a frame and carry the sync), plus
+    a tiny KL term.
 
     Args:
         vae: the model, trained in place.
         frames: ``(N, F, H, W, 3)`` uint8 training clips.
-        cfg: the ``train_vae`` section (steps, batch size, crop length, learning rate, seed).
+        cfg: the ``train_vae`` section (steps, batch size, crop length, learning rate, seed, mouth weight).
         log_metric: ``log_metric(name, value, step)``, e.g. ``mlflow.log_metric``.
+        mouth_regions: ``(N, 4)`` mouth boxes of the clips; None = uniform weights.
 
     Returns:
         The loss of every step.
@@ -206,10 +229,12 @@ def train_steps(vae, frames: np.ndarray, cfg: TrainVaeConfig, log_metric) -> lis
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc="train_vae", unit="step", mininterval=2.0)
     for step in bar:
-        batch = random_crops(frames, cfg.batch_size, cfg.clip_frames, rng, cfg.crop_size)
+        batch, weights = random_crops(
+            frames, cfg.batch_size, cfg.clip_frames, rng, cfg.crop_size, mouth_regions, cfg.mouth_weight
+        )
         posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        reconstruction = (recon - batch).abs().mean()
+        recon = vae.decode(posterior.mode()).sample
+        reconstruction = ((recon - batch).abs() * weights).mean() / weights.mean()
         loss = reconstruction + KL_WEIGHT * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -423,7 +448,7 @@ def run(
         import mlflow
 
         train_started, cpu_started = time.perf_counter(), time.process_time()
-        losses = train_steps(vae, train.frames, cfg, mlflow.log_metric)
+        losses = train_steps(vae, train.frames, cfg, mlflow.log_metric, train.mouth_regions)
         train_seconds = time.perf_counter() - train_started
         train_cpu_seconds = time.process_time() - cpu_started
 

