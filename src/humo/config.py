@@ -431,6 +431,13 @@ class TrainConfig(Section):
     checkpoint_every_n_steps: int = Field(100, ge=1)
     """Resumable checkpoint (weights, optimizer, scheduler, EMA, step) every N steps."""
     log_every_n_steps: int = Field(10, ge=1)
+    sample_every_n_steps: int = Field(0, ge=0)
+    """Render sample videos of fixed held-out requests every N steps (and at the end) as MLflow artifacts;
+    0 = off. Single-process training only (:mod:`humo.training.samples`)."""
+    num_samples: int = Field(2, ge=1)
+    """Sample requests per sampling step: the first held-out clips of the manifest by clip id."""
+    sample_steps: int = Field(10, ge=1)
+    """Denoising steps per sample video."""
 
     @model_validator(mode="after")
     def _check_devices(self) -> TrainConfig:

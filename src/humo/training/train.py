@@ -12,7 +12,9 @@ weights, optimizer, scheduler, EMA, step). Calling ``run`` again after a crash o
 run ends with the same weights as an uninterrupted one (bitwise on CPU in one process).
 
 Tracking: one MLflow run per stage (nested under ``$HUMO_PARENT_RUN_ID`` when a flow sets it) with the resolved
-config as params, per-task losses, learning rate, samples/s and the mask accuracy.
+config as params, per-task losses, learning rate, samples/s and the mask accuracy; with
+``train.sample_every_n_steps > 0`` (single process) also sample videos of fixed held-out requests under
+``samples/`` (:mod:`humo.training.samples`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from humo.config import ModelConfig, PathsConfig, TrackingConfig, TrainConfig, TrainStage1Config, TrainStage2Config
+from humo.config import (
+    EncodersConfig,
+    ModelConfig,
+    PathsConfig,
+    TrackingConfig,
+    TrainConfig,
+    TrainStage1Config,
+    TrainStage2Config,
+)
 from humo.features.shards import ShardIndex, file_sha256
 from humo.models.presets import HumoDiTConfig, get_preset
 from humo.training.checkpoints import EMA_FILE, check_preset, save_trained
@@ -46,6 +56,8 @@ RUN_ID_ENV = "HUMO_TRAIN_RUN_ID"
 """Set by rank 0 before the worker processes start, so they log into the same MLflow run."""
 RESUME_CHECKPOINT = "last.ckpt"
 FINGERPRINT_FILE = "fingerprint.json"
+SAMPLING_FIELDS = ("sample_every_n_steps", "num_samples", "sample_steps")
+"""``train`` fields that do not change the weights: left out of the resume fingerprint."""
 
 
 @dataclass
@@ -218,7 +230,7 @@ def run(
     # 1. everything that can be wrong with the inputs, before any step
     if not manifest_path.is_file():
         raise FileNotFoundError(f"manifest {manifest_path} not found: the shards cannot be checked; run curate first")
-    ShardIndex.load(shards_dir)  # a clear error when precompute never ran
+    shard_index = ShardIndex.load(shards_dir)  # a clear error when precompute never ran
     manifest_hash = file_sha256(manifest_path)
     datamodule = ShardDataModule(
         shards_dir,
@@ -261,8 +273,9 @@ def run(
         f"train_stage{stage}": stage_cfg.model_dump(mode="json"),
         "model": model.model_dump(mode="json"),
     }
+    weight_params = {**params_used, "train": train.model_dump(mode="json", exclude=set(SAMPLING_FIELDS))}
     fingerprint = _fingerprint(
-        {"params": params_used, "manifest": manifest_hash, "init": file_sha256(init_dir / EMA_FILE) if stage == 2 else None}
+        {"params": weight_params, "manifest": manifest_hash, "init": file_sha256(init_dir / EMA_FILE) if stage == 2 else None}
     )
     resume_from = _resume_path(ckpt_dir, fingerprint, resume) if rank == 0 else None
     if rank != 0 and resume and (ckpt_dir / RESUME_CHECKPOINT).is_file():
@@ -312,7 +325,8 @@ def run(
         run_id = active.info.run_id if active is not None else os.environ.get(RUN_ID_ENV)
         if active is not None:
             os.environ[RUN_ID_ENV] = run_id
-        result = _fit(stage, system, datamodule, train, stage_cfg, tracking, run_id, ckpt_dir, resume_from)
+        sampler = _sampler(stage, train, shard_index, manifest_path, root, artifacts, paths, tracking, run_id)
+        result = _fit(stage, system, datamodule, train, stage_cfg, tracking, run_id, ckpt_dir, resume_from, sampler)
         sharding = parameter_sharding(system.transformer)
         raw, ema = system.full_state_dicts()  # a collective under FSDP: every rank
         seconds = time.perf_counter() - start
@@ -359,6 +373,51 @@ def run(
     )
 
 
+def _sampler(
+    stage: int,
+    train: TrainConfig,
+    shard_index: ShardIndex,
+    manifest_path: Path,
+    root: Path,
+    artifacts: Path,
+    paths: PathsConfig,
+    tracking: TrackingConfig,
+    run_id: str | None,
+) -> L.Callback | None:
+    """The sample-video callback when ``train.sample_every_n_steps > 0`` and training runs in one process.
+
+    The encoders are the ones the shards were made with (``index.json`` provenance; defaults when absent), so
+    the text and audio widths fit the model; solver and guidance are :class:`~humo.config.GenerateConfig`'s
+    defaults (the training stages do not read the ``generate`` section).
+    """
+    if train.sample_every_n_steps == 0:
+        return None
+    if train.strategy != "single":
+        logger.info(
+            "sample videos are skipped with train.strategy=%s (single-process training only)", train.strategy
+        )
+        return None
+    from humo.training.samples import SampleVideos
+
+    recorded = shard_index.provenance.get("encoders")
+    if recorded is None:
+        logger.info("the shard index records no encoders: sample videos use the default encoders")
+    encoders = EncodersConfig.model_validate(recorded) if recorded is not None else EncodersConfig()
+    return SampleVideos(
+        every_n_steps=train.sample_every_n_steps,
+        stage=stage,
+        manifest_path=manifest_path,
+        project_root=root,
+        num_samples=train.num_samples,
+        num_inference_steps=train.sample_steps,
+        encoders=encoders,
+        paths=paths.model_copy(update={"artifacts": artifacts}),
+        run_id=run_id,
+        tracking_uri=tracking.uri,
+        seed=train.seed,
+    )
+
+
 def _fit(
     stage: int,
     system: HumoSystem,
@@ -369,6 +428,7 @@ def _fit(
     run_id: str | None,
     ckpt_dir: Path,
     resume_from: Path | None,
+    sampler: L.Callback | None = None,
 ) -> dict[str, Any]:
     """Build the Trainer and fit; returns the trainer and the history callback."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -397,7 +457,7 @@ def _fit(
         num_sanity_val_steps=0,
         log_every_n_steps=train.log_every_n_steps,
         logger=mlflow_logger,
-        callbacks=[history, checkpoint, LearningRateMonitor(logging_interval="step")],
+        callbacks=[history, checkpoint, LearningRateMonitor(logging_interval="step"), *([sampler] if sampler else [])],
         use_distributed_sampler=False,
         enable_model_summary=False,
         default_root_dir=ckpt_dir.parent,
