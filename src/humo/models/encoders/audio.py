@@ -14,6 +14,7 @@ latent frame is :func:`humo.features.audio.window_audio_features`, shared by bot
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,7 @@ def _check_audio(audio: np.ndarray, num_frames: int) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-class AudioEncoder:
+class AudioEncoder(ABC):
     """Audio -> one feature row per 25 fps video frame.
 
     Attributes:
@@ -127,9 +128,9 @@ class AudioEncoder:
             return torch.zeros(int(num_frames), self.groups, self.channels)
         return rows_per_video_frame(self.features_50hz(audio), audio.shape[0], int(num_frames))
 
+    @abstractmethod
     def features_50hz(self, audio: np.ndarray) -> torch.Tensor:
         """``(S,)`` -> ``[T50, groups, channels]`` at 50 Hz, covering at least ``2 * (S // 640)`` rows."""
-        raise NotImplementedError
 
 
 class LogMelAudioEncoder(AudioEncoder):
