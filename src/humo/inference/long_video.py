@@ -1,4 +1,4 @@
-"""Videos longer than one window: sliding windows over the latent sequence (upstream's open TODO).
+"""Videos longer than one window: sliding windows over the latent sequence (an item upstream lists as still open).
 
 Upstream HuMo trains at 97 frames and degrades past it; community workarounds glitch roughly every window
 (humo-reference.md 6.3). Here a long request is generated window by window in latent space:
