@@ -330,6 +330,15 @@ class LongVideoConfig(Section):
     """Latent frames each window shares with the previous one (held to the previous window's clean latents)."""
     max_total_frames: int = Field(1001, ge=1)
     """Hard cap on a request's frames over all windows (4k+1); longer audio is cut with a warning."""
+    prefix_hold: Literal["clean", "noised"] = "clean"
+    """How the shared frames are held: clean at every step, as the reference slot is (smoother seams on the tiny
+    model, trained with ``train_stage2.continuation_share`` or not), or noised to the current level
+    (replacement inpainting)."""
+    seam_strength: float = Field(0.7, ge=0.0, lt=1.0)
+    """Noise level each seam's surroundings are re-noised to and denoised again from (0 = no seam pass); costs
+    the solver steps below that level once per seam (about a third of a window's at shift 5)."""
+    seam_radius: int = Field(3, ge=1)
+    """Latent frames on each side of a seam over which the second pass is blended in."""
 
 
 class GenerateConfig(Section):
@@ -474,6 +483,12 @@ class TrainStage2Config(Section):
     """Steps of the linear ramp from start to end (the paper does not give the shape)."""
     mask_loss_weight: float = Field(0.1, ge=0.0)
     """Weight lambda of the focus-by-predicting mask loss (not given in the paper)."""
+    continuation_share: float = Field(0.0, ge=0.0, le=1.0)
+    """Share of batches trained as long-video continuations (ours, not the paper's): the clips from their second
+    latent frame on, the first ``1..continuation_max_prefix`` frames kept clean and out of the loss, as the
+    long-video sampler holds the frames a window takes from the previous one (``generate.long_video``)."""
+    continuation_max_prefix: int = Field(2, ge=1)
+    """Most clean leading frames of a continuation batch; at least ``generate.long_video.overlap_latent_frames``."""
 
 
 class OrchestrationConfig(Section):

@@ -13,6 +13,7 @@ from humo.training.system import (
     EmaWeights,
     HumoSystem,
     audio_share,
+    continuation_batch,
     size_weighted_bce,
     trainable_parameter_names,
 )
@@ -93,6 +94,55 @@ def test_loss_is_on_video_frames_only(tmp_path) -> None:
     model.forward = forward_with_ref_noise
     again = system._step(batch, torch.Generator().manual_seed(0), drop=False, shard=False)["flow_loss"]
     assert torch.equal(base, again)
+
+
+def test_continuation_step_holds_a_clean_prefix_and_leaves_it_out_of_the_loss(tmp_path) -> None:
+    """A continuation batch starts one latent frame in, sees its first frames clean, and is not scored on them."""
+    folder = make_shards(tmp_path / "artifacts", num_train=4, num_heldout=0)
+    batch = torch.utils.data.default_collate(
+        [ShardDataModule(folder, batch_size=4, num_steps=1).train_dataloader().dataset[i] for i in range(4)]
+    )
+    # 5 latent frames (the shards have 3): room for a prefix of 2 after the skipped first frame
+    batch["video_latents"] = torch.cat([batch["video_latents"], batch["video_latents"][:, :, 1:].flip(2)], dim=2)
+    for name in ("audio_features", "face_mask"):
+        batch[name] = torch.cat([batch[name], batch[name][:, 1:].flip(1)], dim=1)
+    cropped = continuation_batch(batch)
+    frames = batch["video_latents"].shape[2]
+    assert cropped["video_latents"].shape[2] == frames - 1 and cropped["audio_features"].shape[1] == frames - 1
+    assert torch.equal(cropped["video_latents"], batch["video_latents"][:, :, 1:])
+    assert torch.equal(cropped["face_mask"], batch["face_mask"][:, 1:])
+    assert torch.equal(cropped["text_embeds"], batch["text_embeds"])
+
+    model = _pretrained_like()
+    system = HumoSystem(model, stage=2, null_text_embeds=torch.zeros(8, 384), continuation_share=1.0)
+    seen: list[torch.Tensor] = []
+    original = model.forward
+
+    def forward_spoiling_the_prefix(*args, **kwargs):
+        seen.append(kwargs["hidden_states"].detach().clone())
+        out = original(*args, **kwargs)
+        out.sample[:, :, :2] += 100.0  # a prefix of 2 must not be scored
+        return out
+
+    model.forward = forward_spoiling_the_prefix
+    plain = system._step(batch, torch.Generator().manual_seed(0), drop=False, shard=False)
+    held = system._step(batch, torch.Generator().manual_seed(0), drop=False, shard=False, prefix=2)
+    assert plain["flow_loss"] > 100  # the spoiled frames count when there is no prefix ...
+    assert held["flow_loss"] < 10  # ... and not with one
+    assert seen[1].shape[2] == frames - 1 + 1  # the cropped clip + the reference slot
+    assert torch.equal(seen[1][:, :, :2], batch["video_latents"][:, :, 1:3])  # the prefix is clean
+    assert not torch.equal(seen[1][:, :, 2], batch["video_latents"][:, :, 3])  # the rest is noised
+
+    # in training, a share of 1 makes every step a continuation with a prefix of 1..max drawn per step
+    prefixes = {
+        int(system._step(batch, torch.Generator().manual_seed(s), drop=True, shard=False)["continuation_prefix"])
+        for s in range(8)
+    }
+    assert prefixes == {1, 2}
+    too_long = HumoSystem(model, stage=2, null_text_embeds=torch.zeros(8, 384), continuation_share=1.0,
+                          continuation_max_prefix=frames)
+    with pytest.raises(ValueError, match="continuation_max_prefix"):
+        too_long._step(batch, torch.Generator().manual_seed(0), drop=True, shard=False)
 
 
 def test_audio_share_ramps_between_start_and_end() -> None:

@@ -461,7 +461,8 @@ def _generate_one(
             num_inference_steps=settings.steps, guidance=guidance, generator=generator,
             window_frames=settings.max_frames, overlap_latent_frames=long_cfg.overlap_latent_frames,
             max_total_frames=long_cfg.max_total_frames, output_type="mp4", output_path=tmp_video,
-            progress=settings.progress_bar, crf=settings.crf,
+            progress=settings.progress_bar, crf=settings.crf, prefix_hold=long_cfg.prefix_hold,
+            seam_strength=long_cfg.seam_strength, seam_radius=long_cfg.seam_radius,
         )
     else:
         output = pipeline(

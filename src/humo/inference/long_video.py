@@ -8,14 +8,20 @@ Upstream HuMo trains at 97 frames and degrades past it; community workarounds gl
 2. Window ``k`` covers latent frames ``[start_k, start_k + W)`` with ``start_{k+1} = start_k + W - overlap``
    (the last window is aligned to the end, so it may overlap more). Every window sees the same prompt and the
    same reference image (appended as its reference frame).
-3. Window ``k > 0`` is conditioned on the previous windows by inpainting: its first latent frames (those already
-   generated) are held at every step to the clean latents noised to the current noise level with the window's
-   own initial noise (:class:`~humo.inference.pipeline.KnownPrefix`), and set to the clean latents at the end.
-   Only the frames after the prefix are new.
-4. The assembled latent sequence is decoded ONCE by the causal VAE, so no seam comes from decoding.
+3. Window ``k > 0`` is conditioned on the previous windows: its first latent frames (those already generated)
+   are held at every step (:class:`~humo.inference.pipeline.KnownPrefix`), by default to the clean latents, as
+   the reference slot is held (stage 2 can train for this with ``train_stage2.continuation_share``: a share of
+   batches start one latent frame into the clip, with their first frames clean and out of the loss).
+   ``prefix_hold="noised"`` holds them to the clean latents noised to the current level instead (replacement
+   inpainting). Only the frames after the prefix are new.
+4. Seam pass: around each seam a window centred on it is re-noised to ``seam_strength`` and denoised again, so
+   that both sides are refined together, and blended in with weights falling linearly over ``seam_radius``
+   latent frames (SDEdit-style; it costs the steps below that noise level once per seam).
+5. The assembled latent sequence is decoded ONCE by the causal VAE, so no seam comes from decoding.
 
 :func:`seam_statistics` measures whether seams jump: the mean absolute difference between consecutive frames
-across each seam against the same figure inside windows.
+across each seam against the same figure inside windows, and against the other latent-frame boundaries. The baseline, ``condition_on_previous=False``, generates
+every window on its own and keeps only its new frames, so both forms join windows at the same frames.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 from PIL import Image
 
 from humo.constants import AUDIO_SAMPLE_RATE, VAE_TEMPORAL_STRIDE
+from humo.diffusion.flow_matching import sampling_sigmas
 from humo.diffusion.guidance import GuidanceSchedule, build_guidance
 from humo.inference.pipeline import (
     NUM_REF_FRAMES,
@@ -37,6 +44,7 @@ from humo.inference.pipeline import (
     HumoPipelineOutput,
     KnownPrefix,
     OutputType,
+    PrefixHold,
     audio_is_silent,
     frames_for_audio,
     latent_frames,
@@ -72,21 +80,49 @@ def seam_frames(windows: list[tuple[int, int]]) -> list[int]:
     return [VAE_TEMPORAL_STRIDE * windows[k - 1][1] - (VAE_TEMPORAL_STRIDE - 1) for k in range(1, len(windows))]
 
 
+def first_step_below(num_inference_steps: int, shift: float, strength: float) -> int:
+    """Index of the first solver step whose noise level is at most ``strength`` (the re-noising level of a seam)."""
+    sigmas = sampling_sigmas(num_inference_steps, shift)[:-1]
+    return min(int((sigmas > strength).sum()), num_inference_steps - 1)
+
+
+def seam_weights(first: int, stop: int, seam: int, radius: int) -> torch.Tensor:
+    """Blend weights of the re-denoised latents ``[first, stop)`` around a seam before latent ``seam``.
+
+    ``1 - |p - (seam - 1/2)| / radius`` clipped at 0: the two latents that meet at the seam get ``1 - 1/(2 radius)``
+    and the weight falls to 0 ``radius`` latents away on either side, so no new edge appears.
+    """
+    position = torch.arange(first, stop, dtype=torch.float32) - (seam - 0.5)
+    return (1 - position.abs() / radius).clamp(min=0)
+
+
 @dataclass(frozen=True)
 class SeamStatistics:
-    """Consecutive-frame differences at seams against inside windows (mean absolute difference, 0..255 scale)."""
+    """Consecutive-frame differences at seams against inside windows (mean absolute difference, 0..255 scale).
+
+    A seam is always where one latent frame ends and the next begins, and with a causal VAE consecutive frames
+    differ more there than inside one latent frame (each decodes 4 frames). So besides every frame inside
+    windows (``inside_mean``), seams are compared like for like with the other latent boundaries inside windows
+    (``boundary_mean``, frames ``4p - 3``).
+    """
 
     seam_mean: float
     inside_mean: float
+    boundary_mean: float
 
     @property
     def ratio(self) -> float:
-        """``seam_mean / inside_mean``: about 1 means the seams do not jump."""
+        """``seam_mean / inside_mean``."""
         return self.seam_mean / self.inside_mean if self.inside_mean > 0 else float("inf")
+
+    @property
+    def boundary_ratio(self) -> float:
+        """``seam_mean / boundary_mean``: about 1 means a seam is no bigger a step than any latent boundary."""
+        return self.seam_mean / self.boundary_mean if self.boundary_mean > 0 else float("inf")
 
 
 def seam_statistics(frames: np.ndarray, seams: list[int]) -> SeamStatistics:
-    """Mean |frame[i] - frame[i-1]| for ``i`` in ``seams`` against every other ``i``.
+    """Mean |frame[i] - frame[i-1]| for ``i`` in ``seams`` against every other ``i`` and other latent boundaries.
 
     Args:
         frames: ``(F, H, W, 3)`` uint8.
@@ -100,7 +136,11 @@ def seam_statistics(frames: np.ndarray, seams: list[int]) -> SeamStatistics:
     diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # diffs[i-1] = |f_i - f_{i-1}|
     at_seam = np.zeros(len(diffs), dtype=bool)
     at_seam[np.asarray(seams) - 1] = True
-    return SeamStatistics(seam_mean=float(diffs[at_seam].mean()), inside_mean=float(diffs[~at_seam].mean()))
+    at_boundary = (np.arange(1, len(frames)) % VAE_TEMPORAL_STRIDE == 1) & ~at_seam  # frames 1, 5, 9, ...
+    boundary = float(diffs[at_boundary].mean()) if at_boundary.any() else float("nan")
+    return SeamStatistics(
+        seam_mean=float(diffs[at_seam].mean()), inside_mean=float(diffs[~at_seam].mean()), boundary_mean=boundary
+    )
 
 
 @torch.no_grad()
@@ -124,6 +164,9 @@ def generate_long(
     progress: bool = True,
     crf: int = 18,
     condition_on_previous: bool = True,
+    prefix_hold: PrefixHold = "clean",
+    seam_strength: float = 0.7,
+    seam_radius: int = 3,
 ) -> tuple[HumoPipelineOutput, list[int]]:
     """Generate a video as long as ``audio`` (up to ``max_total_frames``) in sliding latent windows.
 
@@ -137,8 +180,12 @@ def generate_long(
         num_frames: explicit total frames (4k+1), else from the audio.
         output_type, output_path, progress, crf: as :meth:`HumoPipeline.__call__`.
         condition_on_previous: hold each window's first frames to the previous window (the method); False
-            generates the windows independently and just cuts them together (the baseline seams are measured
-            against).
+            generates the windows independently and cuts their new frames together (the baseline seams are
+            measured against).
+        prefix_hold: ``"clean"`` or ``"noised"``; see :class:`~humo.inference.pipeline.KnownPrefix`.
+        seam_strength: noise level in ``(0, 1)`` to which each seam's window is re-noised before it is denoised
+            again (0 = no seam pass); costs the solver steps below that level once per seam.
+        seam_radius: latent frames on each side of a seam over which the second pass is blended in.
 
     Returns:
         ``(output, seams)``: the pipeline output for the whole video and the pixel frames where windows join.
@@ -148,6 +195,11 @@ def generate_long(
     pipeline.check_inputs(
         prompt, image, audio, mode, height, width, num_frames, num_inference_steps, max_total_frames=max_total_frames
     )
+    if not 0.0 <= seam_strength < 1.0 or seam_radius < 1:
+        raise ValueError(
+            f"seam_strength={seam_strength} must be in [0, 1) (0 turns the seam pass off) and seam_radius="
+            f"{seam_radius} at least 1 latent frame"
+        )
     notes: list[str] = []
     if num_frames is None:
         num_frames = frames_for_audio(len(audio), max_total_frames)
@@ -180,14 +232,38 @@ def generate_long(
         latents = torch.cat([full_noise[:, :, first:stop], ref_noise], dim=2)
         prefix = None
         if done > first and condition_on_previous:
-            prefix = KnownPrefix(latents=assembled[:, :, first:done], noise=full_noise[:, :, first:done])
+            prefix = KnownPrefix(
+                latents=assembled[:, :, first:done], noise=full_noise[:, :, first:done], hold=prefix_hold
+            )
         latents = pipeline.denoise(
             latents, inputs, guidance, num_inference_steps, known_prefix=prefix, progress=progress
         )
-        assembled[:, :, first:stop] = latents[:, :, : stop - first]
+        assembled[:, :, done:stop] = latents[:, :, done - first : stop - first]  # only the new frames
         done = stop
         logger.info("window %d/%d: latent frames %d..%d done", index + 1, len(windows), first, stop - 1)
     timings["denoise"] = time.perf_counter() - tick
+
+    # 3. seams: each seam's surroundings are re-noised to `seam_strength` and denoised again in one window centred
+    #    on the seam (SDEdit-style), then blended in with weights falling linearly away from the seam
+    if seam_strength > 0:
+        tick = time.perf_counter()
+        first_step = first_step_below(num_inference_steps, pipeline.shift, seam_strength)
+        sigma = float(sampling_sigmas(num_inference_steps, pipeline.shift)[first_step])
+        window_latent = windows[0][1] - windows[0][0]
+        for seam in (stop for _, stop in windows[:-1]):
+            first = max(0, min(seam - window_latent // 2, num_latent - window_latent))
+            stop = first + window_latent
+            inputs = pipeline.prepare_branch_inputs(
+                guidance.chain, prompt_embeds, negative_embeds, audio_windows[:, first:stop], ref_latents, height, width
+            )
+            latents = pipeline.prepare_latents(window_latent, height, width, generator)  # [1, 16, W + n_ref, h, w]
+            latents[:, :, :window_latent] = (1 - sigma) * assembled[:, :, first:stop] + sigma * latents[:, :, :window_latent]
+            again = pipeline.denoise(
+                latents, inputs, guidance, num_inference_steps, progress=progress, start_step=first_step
+            )[:, :, :window_latent]
+            weight = seam_weights(first, stop, seam, seam_radius).to(assembled)[None, None, :, None, None]
+            assembled[:, :, first:stop] = weight * again + (1 - weight) * assembled[:, :, first:stop]
+        timings["seams"] = time.perf_counter() - tick
 
     output = pipeline._finish(
         assembled, audio, num_frames, mode, output_type, output_path, crf, timings, notes, start

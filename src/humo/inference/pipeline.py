@@ -57,6 +57,7 @@ Mode = Literal["T", "TI", "TA", "TIA"]
 MODES: tuple[str, ...] = ("T", "TI", "TA", "TIA")
 OutputType = Literal["np", "pt", "latent", "mp4"]
 Solver = Literal["unipc", "euler"]
+PrefixHold = Literal["clean", "noised"]
 
 NUM_REF_FRAMES = 1
 """Reference latent frames appended after the video (one reference image, as upstream's examples)."""
@@ -217,15 +218,21 @@ class BranchInputs:
 
 @dataclass
 class KnownPrefix:
-    """Latent frames a window must keep (long videos): held to ``latents`` through the run, inpainting-style.
+    """Latent frames a window must keep (long videos): held to ``latents`` through the run.
 
-    At every step the first ``latents.shape[2]`` frames of the state are replaced by the known clean latents
-    noised to the current sigma with ``noise`` (the window's own initial noise there), and by the clean latents
-    after the last step.
+    Before every step the first ``latents.shape[2]`` frames of the state are replaced, and after the last step
+    they are set to the clean latents. ``hold`` says by what:
+
+    - ``"clean"``: the clean latents at every step, as the reference slot is held. Stage 2 can train for this
+      (``train_stage2.continuation_share``: the first frames of some training windows kept clean and out of
+      the loss); on the tiny model the clean hold gave the smoother seams with or without that training;
+    - ``"noised"``: the clean latents noised to the current sigma with ``noise`` (the window's own initial
+      noise there): replacement-style inpainting, every frame at the noise level the model was trained on.
     """
 
     latents: torch.Tensor
     noise: torch.Tensor
+    hold: PrefixHold = "clean"
 
 
 @dataclass
@@ -560,6 +567,7 @@ class HumoPipeline:
         known_prefix: KnownPrefix | None = None,
         progress: bool = True,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        start_step: int = 0,
     ) -> torch.Tensor:
         """Run the sampler from noise to clean latents.
 
@@ -573,6 +581,8 @@ class HumoPipeline:
             known_prefix: latent frames to hold fixed (long-video windows), or None.
             progress: show the tqdm bar.
             callback: called as ``callback(step_index, timestep, latents)`` after each step.
+            start_step: first solver step to run: ``latents`` are then already at that step's noise level
+                (``sampling_sigmas(num_inference_steps, shift)[start_step]``), as in SDEdit-style re-noising.
 
         Returns:
             ``[1, 16, T + n_ref, h, w]`` final latents (the reference frames are meaningless; drop them).
@@ -593,13 +603,16 @@ class HumoPipeline:
         sigmas = scheduler.sigmas
         index_of = {branch: i for i, branch in enumerate(inputs.branches)}
 
+        if not 0 <= start_step < num_inference_steps:
+            raise ValueError(f"start_step={start_step} must be in [0, {num_inference_steps})")
         bar = tqdm(
-            total=num_inference_steps,
+            total=num_inference_steps - start_step,
             desc="denoising",
             disable=not progress or self._progress_bar_config.get("disable", False),
             **{k: v for k, v in self._progress_bar_config.items() if k != "disable"},
         )
-        for step, (solver_t, model_t) in enumerate(zip(scheduler.timesteps, model_timesteps.tolist())):
+        for step in range(start_step, num_inference_steps):
+            solver_t, model_t = scheduler.timesteps[step], int(model_timesteps[step])
             # a. hold the known prefix (long videos) at the current noise level
             if known_prefix is not None:
                 latents = self._apply_prefix(latents, known_prefix, float(sigmas[step]))
@@ -649,7 +662,10 @@ class HumoPipeline:
     def _apply_prefix(latents: torch.Tensor, prefix: KnownPrefix, sigma: float) -> torch.Tensor:
         count = prefix.latents.shape[2]
         latents = latents.clone()
-        latents[:, :, :count] = (1 - sigma) * prefix.latents + sigma * prefix.noise
+        if prefix.hold == "clean" or sigma == 0.0:
+            latents[:, :, :count] = prefix.latents
+        else:
+            latents[:, :, :count] = (1 - sigma) * prefix.latents + sigma * prefix.noise
         return latents
 
     @torch.no_grad()

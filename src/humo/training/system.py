@@ -101,6 +101,27 @@ def size_weighted_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (bce[valid] / area[valid]).mean()
 
 
+def continuation_batch(batch: dict[str, torch.Tensor], skip: int = 1) -> dict[str, torch.Tensor]:
+    """``batch`` as a later long-video window sees its clips: starting ``skip`` latent frames in.
+
+    A clip's first latent frame is the causal VAE's single-frame latent; every window after the first starts on
+    4-frame latents taken from the previous window, so continuation is trained on clips cropped past it.
+
+    Args:
+        batch: ``video_latents (B, 16, F, h, w)``, ``audio_features (B, F, ...)``, ``face_mask (B, F, h, w)``
+            (per-frame entries are cropped; the rest is shared).
+
+    Returns:
+        The same entries with ``F - skip`` frames.
+    """
+    cropped = dict(batch)
+    cropped["video_latents"] = batch["video_latents"][:, :, skip:]
+    for name in ("audio_features", "face_mask"):
+        if name in batch:
+            cropped[name] = batch[name][:, skip:]
+    return cropped
+
+
 class EmaWeights:
     """Exponential moving average of a set of parameters (kept on the parameters' device and dtype)."""
 
@@ -161,6 +182,9 @@ class HumoSystem(L.LightningModule):
         condition_dropout: probabilities of dropping ``text``, ``image`` and ``audio`` per sample.
         audio_share_start, audio_share_end, audio_ramp_steps: stage-2 task mix (paper: 20% -> 50%).
         mask_loss_weight: weight of the focus-by-predicting loss (stage 2).
+        continuation_share: stage 2, share of batches trained as long-video continuations
+            (:func:`continuation_batch`, first ``1..continuation_max_prefix`` frames clean and out of the loss).
+        continuation_max_prefix: most clean leading frames of a continuation batch (the long-video overlap).
         timestep_distribution, timestep_shift: how noise levels are sampled.
         ema_decay: decay of the EMA of the trainable weights.
         seed: seeds the system's own randomness (dropout, task mix, noise levels, noise) per global step.
@@ -183,6 +207,8 @@ class HumoSystem(L.LightningModule):
         audio_share_end: float = 0.5,
         audio_ramp_steps: int = 1000,
         mask_loss_weight: float = 0.1,
+        continuation_share: float = 0.0,
+        continuation_max_prefix: int = 2,
         timestep_distribution: Literal["logit_normal", "uniform"] = "logit_normal",
         timestep_shift: float = 1.0,
         ema_decay: float = 0.999,
@@ -259,6 +285,12 @@ class HumoSystem(L.LightningModule):
         # Fixed generator per batch and no dropout: validation loss is comparable across evaluations.
         generator = torch.Generator(device="cpu").manual_seed(10_000 + batch_idx)
         losses = self._step(batch, generator=generator, drop=False, shard=False)
+        if self.stage == 2 and self.hparams.continuation_share > 0:
+            # the long-video case: how well the frames after a clean prefix of the most frames are predicted
+            prefix = self.hparams.continuation_max_prefix
+            generator = torch.Generator(device="cpu").manual_seed(10_000 + batch_idx)
+            continued = self._step(batch, generator=generator, drop=False, shard=False, prefix=prefix)
+            losses["flow_loss_continuation"] = continued["flow_loss"]
         for name, value in losses.items():
             self.log(f"val/{name}", value, prog_bar=name == "loss", batch_size=batch["video_latents"].shape[0], sync_dist=True)
 
@@ -284,7 +316,12 @@ class HumoSystem(L.LightningModule):
     # ------------------------------------------------------------------------------------------------
 
     def _step(
-        self, batch: dict[str, torch.Tensor], generator: torch.Generator, drop: bool = True, shard: bool = True
+        self,
+        batch: dict[str, torch.Tensor],
+        generator: torch.Generator,
+        drop: bool = True,
+        shard: bool = True,
+        prefix: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Flow-matching loss (+ mask loss in stage 2) of one batch.
 
@@ -296,10 +333,18 @@ class HumoSystem(L.LightningModule):
                 kept and stage 2 uses audio for all samples (validation).
             shard: draw randomness for the global batch and take this process's slice, so that N processes
                 with B/N clips each draw exactly what one process with B clips draws.
+            prefix: clean leading frames of a continuation step; None draws it in training (0 unless a stage-2
+                batch is drawn as a continuation) and is 0 in validation.
 
         Returns:
             ``loss``, ``flow_loss``, per-task flow losses, and in stage 2 ``mask_loss`` and ``mask_accuracy``.
         """
+        # 0. continuation (stage 2, long videos): the clips from their second latent frame on, the first
+        #    `prefix` frames clean and out of the loss, as the sampler holds the frames of the previous window
+        if prefix is None:
+            prefix = self._draw_prefix(generator, batch["video_latents"].shape[2]) if drop else 0
+        if prefix:
+            batch = continuation_batch(batch)
         x0 = batch["video_latents"]  # (B, 16, F, h, w)
         batch_size, _, num_frames = x0.shape[:3]
         device = x0.device
@@ -316,6 +361,7 @@ class HumoSystem(L.LightningModule):
         )[part].to(device)
         noise = draw(torch.randn, *x0.shape[1:]).to(x0.dtype)
         x_t = add_noise(x0, noise, sigmas)
+        x_t[:, :, :prefix] = x0[:, :, :prefix]
 
         # 2. condition dropout (per sample, independent); 3. task mix: audio only for the sync task
         keep = {name: torch.ones(batch_size, dtype=torch.bool, device=device) for name in ("text", "image", "audio")}
@@ -345,10 +391,13 @@ class HumoSystem(L.LightningModule):
             num_ref_frames=num_ref,
             return_mask=self.stage == 2,
         )
-        prediction = output.sample[:, :, :num_frames]
-        per_sample = (prediction.float() - velocity_target(x0, noise).float()).pow(2).flatten(1).mean(dim=1)  # (B,)
+        prediction = output.sample[:, :, prefix:num_frames]
+        target = velocity_target(x0, noise)[:, :, prefix:]
+        per_sample = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (B,)
         flow_loss = per_sample.mean()
         losses = {"flow_loss": flow_loss, "loss": flow_loss}
+        if drop and self.hparams.continuation_share > 0:
+            losses["continuation_prefix"] = torch.tensor(float(prefix), device=device)
         if self.stage == 2 and drop:
             # per-task losses (NaN-free: a task absent from the batch contributes a zero-weight mean)
             for name, chosen in (("flow_loss_sync", sync_task), ("flow_loss_subject", ~sync_task)):
@@ -385,6 +434,26 @@ class HumoSystem(L.LightningModule):
         return audio_share(
             self.global_step, self.hparams.audio_share_start, self.hparams.audio_share_end, self.hparams.audio_ramp_steps
         )
+
+    def _draw_prefix(self, generator: torch.Generator, num_frames: int) -> int:
+        """0, or with probability ``continuation_share`` (stage 2) a prefix of 1..``continuation_max_prefix``.
+
+        Drawn from the step's generator only when continuation is on, so runs without it draw what they always
+        drew; every process draws the same value (the generator is seeded by the global step).
+        """
+        share, most = self.hparams.continuation_share, self.hparams.continuation_max_prefix
+        if self.stage != 2 or share <= 0 or most < 1:
+            return 0
+        chosen = torch.rand(1, generator=generator).item() < share
+        prefix = int(torch.randint(1, most + 1, (1,), generator=generator).item())
+        if not chosen:
+            return 0
+        if num_frames - 1 <= prefix:
+            raise ValueError(
+                f"train_stage2.continuation_max_prefix={most} leaves no frame to predict in clips of {num_frames} "
+                "latent frames (one is skipped); lower it or use longer clips"
+            )
+        return prefix
 
     def _generator(self) -> torch.Generator:
         """A CPU generator seeded from (seed, global step): a resumed run draws the same randomness."""

@@ -294,6 +294,8 @@ def run(
         audio_share_end=stage2.audio_share_end if stage2 else 0.0,
         audio_ramp_steps=stage2.audio_ramp_steps if stage2 else 0,
         mask_loss_weight=stage2.mask_loss_weight if stage2 else 0.0,
+        continuation_share=stage2.continuation_share if stage2 else 0.0,
+        continuation_max_prefix=stage2.continuation_max_prefix if stage2 else 0,
         timestep_distribution=train.timestep_distribution,
         timestep_shift=train.timestep_shift,
         ema_decay=train.ema_decay,
