@@ -104,6 +104,9 @@ def main() -> None:
     parser.add_argument("--vae", default="artifacts/train_vae/vae")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
+    for folder in (args.checkpoint, args.vae):
+        if not Path(folder).is_dir():
+            parser.error(f"{folder} not found: this benchmark measures the trained model; run `make run` first")
 
     params = load_params(args.params)
     settings = params.generate
@@ -114,7 +117,10 @@ def main() -> None:
     )
     pipe.set_progress_bar_config(disable=True)
     guidance = guidance_for(settings, "TIA")
-    requests = synthtalk_requests(Path(params.paths.raw), args.identities) if args.inputs == "synthtalk" else real_requests()
+    if args.inputs == "synthtalk":
+        requests = synthtalk_requests(Path(params.paths.raw), args.identities)
+    else:
+        requests = real_requests()
     long_cfg = settings.long_video
 
     totals = {form.name: {"seam": [], "inside": [], "boundary": [], "seconds": []} for form in FORMS}

@@ -20,8 +20,9 @@ Upstream HuMo trains at 97 frames and degrades past it; community workarounds gl
 5. The assembled latent sequence is decoded ONCE by the causal VAE, so no seam comes from decoding.
 
 :func:`seam_statistics` measures whether seams jump: the mean absolute difference between consecutive frames
-across each seam against the same figure inside windows, and against the other latent-frame boundaries. The baseline, ``condition_on_previous=False``, generates
-every window on its own and keeps only its new frames, so both forms join windows at the same frames.
+across each seam against the same figure inside windows, and against the other latent-frame boundaries. The
+baseline, ``condition_on_previous=False``, generates every window on its own and keeps only its new frames, so
+both forms join windows at the same frames (``benchmarks/bench_long_video.py`` compares them).
 """
 
 from __future__ import annotations
@@ -257,7 +258,8 @@ def generate_long(
                 guidance.chain, prompt_embeds, negative_embeds, audio_windows[:, first:stop], ref_latents, height, width
             )
             latents = pipeline.prepare_latents(window_latent, height, width, generator)  # [1, 16, W + n_ref, h, w]
-            latents[:, :, :window_latent] = (1 - sigma) * assembled[:, :, first:stop] + sigma * latents[:, :, :window_latent]
+            video = latents[:, :, :window_latent]
+            latents[:, :, :window_latent] = (1 - sigma) * assembled[:, :, first:stop] + sigma * video
             again = pipeline.denoise(
                 latents, inputs, guidance, num_inference_steps, progress=progress, start_step=first_step
             )[:, :, :window_latent]
