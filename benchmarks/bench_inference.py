@@ -43,7 +43,7 @@ import torch
 
 from humo.config import AudioEncoderConfig, TextEncoderConfig, load_params
 from humo.diffusion.guidance import Branch, build_guidance
-from humo.inference.batch import guidance_for
+from humo.inference.generate import resolve_guidance
 from humo.inference.pipeline import NUM_REF_FRAMES, BranchInputs, HumoPipeline
 from humo.models.encoders import VideoVAE, build_tiny_vae, load_audio_encoder, load_text_encoder
 from humo.models.transformer import HumoTransformer3D
@@ -138,7 +138,7 @@ def end_to_end(args, text_encoder, audio_encoder, vae) -> dict:
     pipe.set_progress_bar_config(disable=True)
     speech = read_audio(REAL_DATA / "humo_audio1.wav")
     image = np.asarray(Image.open(REAL_DATA / "humo_man_Jaime.png").convert("RGB"))
-    guidance = guidance_for(settings, "TIA")
+    guidance, _ = resolve_guidance(settings.guidance, "TIA", pipe.transformer.humo_config)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -43,11 +43,11 @@ from PIL import Image
 
 from humo.config import AudioEncoderConfig, TextEncoderConfig, VaeConfig, load_params
 from humo.data.media import read_audio
-from humo.inference.batch import guidance_for
+from humo.inference.generate import resolve_guidance
 from humo.inference.long_video import generate_long, seam_statistics
 from humo.inference.pipeline import HumoPipeline
 from humo.models.encoders import load_audio_encoder, load_text_encoder, load_vae
-from humo.training.checkpoints import load_trained_transformer
+from humo.models.checkpoints import load_trained_transformer
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 WINDOW_FRAMES = 33
@@ -116,7 +116,7 @@ def main() -> None:
         solver=settings.solver, shift=settings.shift, max_frames=WINDOW_FRAMES,
     )
     pipe.set_progress_bar_config(disable=True)
-    guidance = guidance_for(settings, "TIA")
+    guidance, _ = resolve_guidance(settings.guidance, "TIA", pipe.transformer.humo_config)
     if args.inputs == "synthtalk":
         requests = synthtalk_requests(Path(params.paths.raw), args.identities)
     else:

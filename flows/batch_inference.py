@@ -42,11 +42,15 @@ def list_request_files(source: Path) -> list[Path]:
 @task(name="generate-requests", task_run_name="generate {requests.name}", retries=0, tags=["inference"])
 def generate_requests(requests: Path, out_dir: Path, model: str, params_path: Path, overrides: list[str]) -> dict:
     """Generate one request file with :func:`humo.inference.batch.run`; returns its summary as a dict."""
-    import humo.registry  # noqa: F401  (registers the models:/name@alias resolver with humo.inference.batch)
     from humo.inference import batch
+    from humo.registry import MODEL_RESOLVERS
 
+    # Each task loads its own model (no pipeline is shared between Dask workers or threads).
     params = load_params(params_path, overrides)
-    summary = batch.run(params.generate, params.encoders, params.paths, requests=requests, out_dir=out_dir, model=model)
+    summary = batch.run(
+        params.generate, params.limits, params.encoders, params.paths, requests=requests, out_dir=out_dir,
+        model=model, resolvers=MODEL_RESOLVERS,
+    )
     return {"requests": str(requests), "out_dir": str(out_dir), **summary.to_dict()}
 
 

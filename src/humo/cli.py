@@ -32,10 +32,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "precompute": ("precompute", "encoders", "paths"),
     "train-stage1": ("train", "train_stage1", "model", "tracking", "paths"),
     "train-stage2": ("train", "train_stage2", "model", "tracking", "paths"),
-    "register": ("registry", "tracking", "encoders", "generate", "paths"),
+    "register": ("registry", "limits", "tracking", "encoders", "generate", "paths"),
     "eval-set": ("evaluate", "paths"),
-    "evaluate": ("evaluate", "generate", "encoders", "tracking", "paths"),
-    "generate": ("generate", "encoders", "tracking", "paths"),
+    "evaluate": ("evaluate", "generate", "limits", "encoders", "tracking", "paths"),
+    "generate": ("generate", "limits", "encoders", "tracking", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""
 
@@ -166,9 +166,15 @@ def _train(stage: int, params: Path, overrides: list[str] | None) -> None:
     from humo.training import train
     from humo.training.system import NonFiniteLossError
 
+    from humo.evaluation.samples import sample_callback
+
     stage_cfg = p.train_stage1 if stage == 1 else p.train_stage2
+    samples = sample_callback(stage, p.train, p.tracking, p.paths) if train.samples_allowed(p.train) else None
     try:
-        result = train.run(stage, train=p.train, stage_cfg=stage_cfg, model=p.model, tracking=p.tracking, paths=p.paths)
+        result = train.run(
+            stage, train=p.train, stage_cfg=stage_cfg, model=p.model, tracking=p.tracking, paths=p.paths,
+            callbacks=[samples] if samples is not None else (),
+        )
     except (*USER_ERRORS, NonFiniteLossError) as err:
         raise _fail(err) from None
     logger.info("stage %d done: %s (MLflow run %s)", stage, result.out_dir, result.run_id)
@@ -195,7 +201,8 @@ def register(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = 
 
     try:
         decision = register_stage.run(
-            registry=p.registry, tracking=p.tracking, encoders=p.encoders, generate=p.generate, paths=p.paths
+            registry=p.registry, limits=p.limits, tracking=p.tracking, encoders=p.encoders, generate=p.generate,
+            paths=p.paths,
         )
     except (*USER_ERRORS, RegistrationError) as err:
         raise _fail(err) from None
@@ -235,14 +242,18 @@ def generate(
     p = _load(params, overrides)
     from humo.inference import batch
 
+    resolvers = None
     if model.startswith("models:/"):
         import mlflow
 
-        import humo.registry  # noqa: F401  (registers the models:/ resolver with humo.inference.batch)
+        from humo.registry import MODEL_RESOLVERS
 
         mlflow.set_tracking_uri(p.tracking.uri)
+        resolvers = MODEL_RESOLVERS
     try:
-        summary = batch.run(p.generate, p.encoders, p.paths, requests=requests, out_dir=out, model=model)
+        summary = batch.run(
+            p.generate, p.limits, p.encoders, p.paths, requests=requests, out_dir=out, model=model, resolvers=resolvers
+        )
     except USER_ERRORS as err:
         raise _fail(err) from None
     logger.info(
@@ -282,7 +293,9 @@ def evaluate(
     from humo.evaluation import evaluate as evaluate_module
 
     try:
-        decision = evaluate_module.run(p.evaluate, p.generate, p.encoders, p.paths, p.tracking, candidate=candidate)
+        decision = evaluate_module.run(
+            p.evaluate, p.generate, p.limits, p.encoders, p.paths, p.tracking, candidate=candidate
+        )
     except USER_ERRORS as err:
         raise _fail(err) from None
     logger.info("evaluate: gate %s (%s)", "passed" if decision.passed else "failed", decision.reason)
@@ -327,7 +340,7 @@ def ablation(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = 
 
     try:
         ablation_module.run(
-            p.evaluate, p.generate, p.encoders, p.train, p.train_stage2, p.model, p.tracking, p.paths
+            p.evaluate, p.generate, p.limits, p.encoders, p.train, p.train_stage2, p.model, p.tracking, p.paths
         )
     except USER_ERRORS as err:
         raise _fail(err) from None

@@ -47,6 +47,47 @@ class PathsConfig(Section):
     reports: Path = Path("reports")
     """Human-readable reports, metrics and plots."""
 
+    # The artifact layout, named once: every stage, the registry and the tests take their folders from here
+    # (dvc.yaml spells the same folders as stage outputs; tests/test_dvc_deps.py keeps the two in step).
+
+    def stage_dir(self, stage: str) -> Path:
+        """``<artifacts>/<stage>``: the output folder of a DVC stage (``curate``, ``train_stage2``, ...)."""
+        return self.artifacts / stage
+
+    def report_dir(self, stage: str) -> Path:
+        """``<reports>/<stage>``: the human-readable output of a stage."""
+        return self.reports / stage
+
+    @property
+    def manifest(self) -> Path:
+        """The curated manifest (contract 2), written by ``curate``."""
+        return self.stage_dir("curate") / "manifest.parquet"
+
+    @property
+    def vae_dir(self) -> Path:
+        """The trained tiny VAE (diffusers layout), written by ``train_vae``."""
+        return self.stage_dir("train_vae") / "vae"
+
+    @property
+    def features_dir(self) -> Path:
+        """Precomputed training shards and their index, written by ``precompute``."""
+        return self.stage_dir("precompute")
+
+    @property
+    def stage1_dir(self) -> Path:
+        """The stage-1 checkpoint (contract 3), written by ``train_stage1``."""
+        return self.stage_dir("train_stage1")
+
+    @property
+    def candidate_dir(self) -> Path:
+        """The stage-2 checkpoint: the candidate that ``evaluate`` scores and ``register`` registers."""
+        return self.stage_dir("train_stage2")
+
+    @property
+    def eval_set_dir(self) -> Path:
+        """The fixed held-out evaluation set, written by ``eval_set``."""
+        return self.stage_dir("eval_set")
+
 
 class SynthConfig(Section):
     """SynthTalk: the procedurally rendered talking-person dataset (design.md section 4)."""
@@ -304,15 +345,16 @@ class PiecewiseScaleConfig(Section):
 class GuidanceConfig(Section):
     """Multi-condition classifier-free guidance (humo-reference.md 2.2); see ``humo.diffusion.guidance``."""
 
-    form: Literal["humo-17b", "humo-1.7b", "custom"] = "humo-17b"
-    """``humo-17b``: 3 branches, time-adaptive switch; ``humo-1.7b``: 4 static branches; ``custom``: Eq. (4)
-    nesting with the piecewise scales of ``custom``."""
-    scale_text: float = 5.0
-    """Upstream ``scale_t`` (17B 5.0; 1.7B scripts 7.0)."""
-    scale_image: float = 4.0
-    """Upstream ``scale_i`` (1.7B only; the 17B form merges image into the text term)."""
-    scale_audio: float = 5.5
-    """Upstream ``scale_a`` (17B 5.5; 1.7B 7.5)."""
+    form: Literal["auto", "humo-17b", "humo-1.7b", "custom"] = "auto"
+    """``auto``: the form of the model that is loaded (HuMo-1.7B layout: ``humo-1.7b``; HuMo-17B and ``tiny``,
+    which was trained and evaluated with it: ``humo-17b``); ``humo-17b``: 3 branches, time-adaptive switch;
+    ``humo-1.7b``: 4 static branches; ``custom``: Eq. (4) nesting with the piecewise scales of ``custom``."""
+    scale_text: float | None = Field(None, ge=0)
+    """Upstream ``scale_t``; None = the form's upstream value (17B 5.0, 1.7B 7.0: see UPSTREAM_SCALES)."""
+    scale_image: float | None = Field(None, ge=0)
+    """Upstream ``scale_i`` (1.7B only; the 17B form merges image into the text term); None = 4.0."""
+    scale_audio: float | None = Field(None, ge=0)
+    """Upstream ``scale_a``; None = the form's upstream value (17B 5.5, 1.7B 7.5)."""
     switch_timestep: float = Field(980.0, ge=0, le=1000)
     """17B form: above it text-only guidance (image kept in the negative), below it joint text+image."""
     late_text_offset: float = 2.0
@@ -521,7 +563,8 @@ class MetricRule(Section):
 
 
 class RequestLimitsConfig(Section):
-    """What one serving request may ask for; a request outside these gets a 400 error that names the field."""
+    """What one generation request may ask for, in every entry point (batch, serving, evaluation, samples, long
+    video): a request outside these fails alone with a reason naming the field (HTTP 400 when served)."""
 
     max_payload_bytes: int = Field(16_000_000, ge=1024)
     """Largest request: the prompt plus the base64 text of the image and the audio."""
@@ -535,7 +578,13 @@ class RequestLimitsConfig(Section):
     """Largest decoded audio file (WAV/FLAC/OGG bytes)."""
     max_prompt_chars: int = Field(2000, ge=1)
     max_frames: int = Field(97, ge=5)
-    """Most video frames one request may generate (4k+1); longer audio is refused, not cut."""
+    """Most video frames of one window (4k+1): ``num_frames`` above it is refused; longer audio is cut to it with
+    a note (or, with ``generate.long_video.enabled``, generated in windows up to ``max_total_frames``)."""
+    min_audio_frames: int = Field(5, ge=1)
+    """Shortest audio a request may drive a video with, in 25 fps frames (5 = 0.2 s, one latent frame after the
+    first): shorter audio is refused, as it would make a still image."""
+    max_seed: int = Field(2**63 - 1, ge=0)
+    """Largest seed (torch generators take 64-bit seeds)."""
     max_steps: int = Field(50, ge=1)
     """Most denoising steps one request may ask for."""
     max_guidance_scale: float = Field(20.0, gt=0)
@@ -571,7 +620,6 @@ class RegistryConfig(Section):
     weights: Literal["embed", "reference"] = "embed"
     """``embed``: DiT weights (and the tiny VAE) are uploaded as model artifacts; ``reference``: only a manifest
     of their paths with sha256 checksums is uploaded and verified at load time (multi-GB real weights)."""
-    limits: RequestLimitsConfig = RequestLimitsConfig()
     host: str = "127.0.0.1"
     """Address ``humo serve`` binds to (loopback by default)."""
     port: int = Field(5001, ge=1, le=65535)
@@ -655,6 +703,8 @@ class Params(Section):
     train_stage1: TrainStage1Config = TrainStage1Config()
     train_stage2: TrainStage2Config = TrainStage2Config()
     generate: GenerateConfig = GenerateConfig()
+    limits: RequestLimitsConfig = RequestLimitsConfig()
+    """What one request may ask for, the same in every entry point (``humo.inference.generate``)."""
     curate: CurateConfig = CurateConfig()
     validation: ValidateConfig = ValidateConfig()
     """Checks of the curated manifest; named ``validation`` because ``validate`` shadows a pydantic method."""

@@ -69,7 +69,7 @@ def test_evaluate_stage_writes_metrics_gate_report_and_logs_to_the_training_run(
 
     from humo.models.encoders import build_tiny_vae
     from humo.models.transformer import HumoTransformer3D
-    from humo.training.checkpoints import save_trained
+    from humo.models.checkpoints import save_trained
 
     evalset.run(project.evaluate, project.paths)
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def test_evaluate_stage_writes_metrics_gate_report_and_logs_to_the_training_run(
 
 def _save_random_candidate(folder: Path, run_id: str, seed: int) -> None:
     from humo.models.transformer import HumoTransformer3D
-    from humo.training.checkpoints import save_trained
+    from humo.models.checkpoints import save_trained
 
     torch.manual_seed(seed)
     model = HumoTransformer3D.from_preset("tiny", num_layers=2).eval()

@@ -11,7 +11,7 @@ from flows.batch_inference import dask_runner, with_cluster
 from humo.config import OrchestrationConfig
 from humo.models.encoders import build_tiny_vae
 from humo.models.transformer import HumoTransformer3D
-from humo.training.checkpoints import save_trained
+from humo.models.checkpoints import save_trained
 
 TINY_VAE_BASE_DIM = 8
 

@@ -27,7 +27,7 @@ from humo.config import load_params, resolved_dict
 from humo.data import synthtalk
 from humo.models.encoders import build_tiny_vae
 from humo.models.transformer import HumoTransformer3D
-from humo.training.checkpoints import save_trained
+from humo.models.checkpoints import save_trained
 
 pytestmark = pytest.mark.slow
 

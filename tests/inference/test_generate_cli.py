@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from humo.cli import app
 from humo.models.encoders import build_tiny_vae
-from humo.training.checkpoints import save_trained
+from humo.models.checkpoints import save_trained
 
 TINY_VAE_BASE_DIM = 8
 

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 import humo.models.transformer as transformer_module
 from humo.models.convert import (
     NEW_MODULE_PREFIXES,
+    _describe_layout,
     diffusers_to_humo_state_dict,
     humo_to_diffusers_state_dict,
     load_humo_checkpoint,
@@ -272,3 +273,63 @@ def test_bad_paths_fail_clearly(tmp_path) -> None:
     (tmp_path / "b.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="no .*index.json"):
         load_humo_checkpoint(tmp_path, "tiny")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# which preset a file looks like (every readable dimension compared)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def meta_state(preset: str, **overrides: object) -> dict[str, torch.Tensor]:
+    """The state dict of a preset, on the meta device (shapes only, so the 17B layout costs nothing)."""
+    with torch.device("meta"):
+        return HumoTransformer3D.from_preset(get_preset(preset, **overrides)).state_dict()
+
+
+def test_real_tiny_state_dict_matches_tiny_with_all_figures() -> None:
+    description = _describe_layout(HumoTransformer3D.from_preset(get_preset("tiny")).state_dict())
+    assert description == (
+        "the file looks like preset 'tiny' (dim 128, in_channels 16, ffn_dim 512, text_dim 384, audio_inner_dim 128, "
+        "audio_input_dim 640, audio_context_dim 128, num_layers 4)"  # 640 = window 8 * 1 group * 80 mel bins
+    )
+
+
+@pytest.mark.parametrize("preset", ["humo-1.7b", "humo-17b"])
+def test_released_presets_match_themselves(preset: str) -> None:
+    assert _describe_layout(meta_state(preset)).startswith(f"the file looks like preset {preset!r} (")
+
+
+def test_one_differing_width_is_no_preset_and_is_named() -> None:
+    description = _describe_layout(meta_state("humo-1.7b", text_dim=384))  # 1.7B widths, the tiny text encoder
+    assert "looks like" not in description
+    assert description.startswith("the file has dim 1536, in_channels 16, ffn_dim 8960, text_dim 384, ")
+    assert description.endswith("no known preset matches; closest 'humo-1.7b' differs in text_dim 384 vs 4096")
+
+
+def test_several_differences_are_all_listed() -> None:
+    description = _describe_layout(meta_state("humo-17b", num_layers=2, audio_channels=80, audio_groups=1))
+    assert description.endswith(
+        "closest 'humo-17b' differs in audio_input_dim 640 vs 51200, num_layers 2 vs 40"
+    )  # 51200 = window 8 * 5 Whisper groups * 1280
+
+
+def test_partial_state_compares_only_what_it_has() -> None:
+    state = meta_state("humo-17b")
+    patch_only = {"patch_embedding.weight": state["patch_embedding.weight"]}
+    assert _describe_layout(patch_only) == (
+        "the file looks like preset 'humo-17b' (dim 5120, in_channels 36; could not read ffn_dim, text_dim, "
+        "audio_inner_dim, audio_input_dim, audio_context_dim, num_layers)"
+    )
+    text_only = {"text_embedding.0.weight": state["text_embedding.0.weight"], "head.head.bias": torch.zeros(64)}
+    assert _describe_layout(text_only).startswith("the file looks like preset 'humo-1.7b' or 'humo-17b' (text_dim")
+    no_audio = {key: value for key, value in meta_state("tiny").items() if not key.startswith("audio_proj.")}
+    assert _describe_layout(no_audio).endswith(
+        "num_layers 4; could not read audio_inner_dim, audio_input_dim, audio_context_dim)"
+    )
+    assert "none of the tensors" in _describe_layout({"head.head.bias": torch.zeros(64)})
+
+
+def test_loader_error_says_which_preset_the_file_is(tmp_path) -> None:
+    torch.save(HumoTransformer3D.from_preset(get_preset("tiny")).state_dict(), tmp_path / "ema.pth")
+    with pytest.raises(ValueError, match=r"lacks .* the file looks like preset 'tiny' \(dim 128,"):
+        load_humo_checkpoint(tmp_path / "ema.pth", "humo-1.7b")

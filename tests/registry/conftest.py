@@ -24,7 +24,7 @@ def make_checkpoint(folder: Path, seed: int, run_id: str) -> Path:
     """A checkpoint folder in contract (3)'s layout with random tiny weights (seeded)."""
     from humo.models.presets import get_preset
     from humo.models.transformer import HumoTransformer3D
-    from humo.training.checkpoints import save_trained
+    from humo.models.checkpoints import save_trained
 
     torch.manual_seed(seed)
     cfg = get_preset("tiny", num_layers=TINY_LAYERS)
@@ -75,10 +75,10 @@ def registry_params(params_path: Path) -> Params:
         [
             "generate.steps=2",
             "generate.progress_bar=false",
-            "registry.limits.max_steps=4",
-            "registry.limits.max_frames=17",
-            "registry.limits.max_audio_bytes=200000",
-            "registry.limits.max_image_bytes=100000",
+            "limits.max_steps=4",
+            "limits.max_frames=17",
+            "limits.max_audio_bytes=200000",
+            "limits.max_image_bytes=100000",
             "registry.compare=[{name: sync_confidence, direction: maximize}]",
         ],
     )

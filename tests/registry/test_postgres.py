@@ -121,7 +121,7 @@ def test_register_and_load_by_alias_on_postgres(
     name = "humo-postgres"
     registry = cfg.registry.model_copy(update={"model_name": name})
     folder = tmp_path / "model_dir"
-    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], cfg.encoders, cfg.generate, registry, "run-pg")
+    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], cfg.encoders, cfg.generate, registry, cfg.limits, "run-pg")
     previous = open_store(postgres_uri, tmp_path / "artifacts")
     try:
         client = MlflowClient(tracking_uri=postgres_uri)

@@ -24,7 +24,7 @@ def test_embedded_folder_holds_weights_and_settings(tmp_path: Path, registry_par
     folder = tmp_path / "embed"
     info = build_model_folder(
         folder, tiny_parts["checkpoint"], tiny_parts["vae"], registry_params.encoders, registry_params.generate,
-        registry_params.registry, "run-a",
+        registry_params.registry, registry_params.limits, "run-a",
     )
     assert (folder / "transformer" / "ema.safetensors").read_bytes() == (tiny_parts["checkpoint"] / "ema.safetensors").read_bytes()
     assert (folder / "vae" / "config.json").is_file() and not (folder / MANIFEST_JSON).exists()
@@ -40,7 +40,7 @@ def test_reference_folder_loads_through_the_manifest_and_refuses_changed_weights
     shutil.copytree(tiny_parts["checkpoint"], checkpoint)
     params = _params_with_weights(registry_params, "reference")
     folder = tmp_path / "reference"
-    build_model_folder(folder, checkpoint, tiny_parts["vae"], params.encoders, params.generate, params.registry, "run-a")
+    build_model_folder(folder, checkpoint, tiny_parts["vae"], params.encoders, params.generate, params.registry, params.limits, "run-a")
     assert not (folder / "transformer").exists() and not (folder / "vae").exists()
     manifest = json.loads((folder / MANIFEST_JSON).read_text())
     assert sorted(manifest["components"]) == ["transformer", "vae"]
@@ -67,8 +67,14 @@ def test_predict_refuses_bad_requests_with_invalid_parameter_value(tmp_path: Pat
     from mlflow.exceptions import MlflowException
 
     model = HumoPyfuncModel()
-    model.pipeline, model.info = None, {}
-    model.generate, model.limits = registry_params.generate, registry_params.registry.limits
+    from types import SimpleNamespace
+
+    from humo.models.presets import get_preset
+
+    # no models: a stand-in that only says which architecture is loaded (guidance auto reads it)
+    model.pipeline = SimpleNamespace(transformer=SimpleNamespace(humo_config=get_preset("tiny")))
+    model.info = {}
+    model.generate, model.limits = registry_params.generate, registry_params.limits
     for request, field in (({"mode": "T"}, "prompt"), ({"prompt": "x", "mode": "TA", "audio": "@@"}, "audio"), ([], "request")):
         with pytest.raises(MlflowException) as caught:
             model.predict(None, request)

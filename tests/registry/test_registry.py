@@ -46,7 +46,7 @@ def params(registry_params: Params, request: pytest.FixtureRequest) -> Params:
 def _register(tmp_path: Path, params: Params, checkpoint: Path, vae: Path, run_id: str, metrics: dict, uri: str):
     folder = tmp_path / f"model-{run_id}"
     if not folder.exists():
-        build_model_folder(folder, checkpoint, vae, params.encoders, params.generate, params.registry, run_id)
+        build_model_folder(folder, checkpoint, vae, params.encoders, params.generate, params.registry, params.limits, run_id)
     tags = {f"{reg.TAG_METRIC_PREFIX}{k}": repr(v) for k, v in metrics.items()}
     client = MlflowClient(tracking_uri=uri)
     with mlflow.start_run(run_name="register"):
@@ -133,9 +133,10 @@ def test_register_is_idempotent_and_promotion_follows_gate_and_metrics(
     from safetensors.torch import load_file
 
     import humo.registry  # noqa: F401 - registers the models:/ resolver
-    from humo.inference.batch import load_model
+    from humo.inference.generate import load_model
+    from humo.registry import MODEL_RESOLVERS
 
-    transformer, info = load_model(f"models:/{name}@champion")
+    transformer, info = load_model(f"models:/{name}@champion", MODEL_RESOLVERS)
     assert (info.name, info.version) == (name, str(version.version))
     expected = load_file(str(tiny_parts["checkpoint"] / "ema.safetensors"))
     assert all(torch.equal(transformer.state_dict()[key], value) for key, value in expected.items())
@@ -205,6 +206,7 @@ def test_register_stage_writes_decision_and_tags(
     try:
         decision = register.run(
             registry=params.registry,
+            limits=params.limits,
             tracking=tracking,
             encoders=params.encoders,
             generate=params.generate,
@@ -233,7 +235,7 @@ def test_same_run_with_changed_weights_is_refused(
     tmp_path: Path, store: str, params: Params, tiny_parts: dict[str, Path]
 ) -> None:
     folder = tmp_path / "model-run-a"
-    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], params.encoders, params.generate, params.registry, "run-a")
+    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], params.encoders, params.generate, params.registry, params.limits, "run-a")
     client = MlflowClient(tracking_uri=store)
     name = params.registry.model_name
 

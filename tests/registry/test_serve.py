@@ -4,6 +4,7 @@ video from the server (a fresh process loading ``models:/<name>@champion``) as f
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import json
 import os
 import signal
@@ -75,7 +76,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory, registry_params: Params, 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     folder = root / "model_dir"
     cfg = registry_params
-    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], cfg.encoders, cfg.generate, cfg.registry, "run-a")
+    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], cfg.encoders, cfg.generate, cfg.registry, cfg.limits, "run-a")
     previous = open_store(uri, root / "artifacts")
     client = MlflowClient(tracking_uri=uri)
     with mlflow.start_run(run_name="register"):
@@ -114,7 +115,7 @@ def test_humo_serve_answers_valid_and_refuses_invalid_requests(
         (prediction,) = body["predictions"]
         video = base64.b64decode(prediction["video"])
         sidecar = json.loads(prediction["sidecar"])
-        assert video[4:8] == b"ftyp" and sidecar["num_frames"] == 9 and sidecar["request"]["seed"] == 7
+        assert video[4:8] == b"ftyp" and sidecar["output"]["num_frames"] == 9 and sidecar["request"]["seed"] == 7
         (tmp_path / "served.mp4").write_bytes(video)
         frames, fps = read_video(tmp_path / "served.mp4")
         audio = read_audio(tmp_path / "served.mp4")  # the driving audio is muxed in
@@ -135,6 +136,17 @@ def test_humo_serve_answers_valid_and_refuses_invalid_requests(
             assert 400 <= status < 500, (field, status, body)
             assert field in body["message"], (field, body["message"][:300])
 
+        # under load: six requests at once give the same six videos as the same requests one by one (one loaded
+        # model serves them in turn: the VAE's causal decode cache is not re-entrant)
+        loaded = [{**valid, "seed": seed} for seed in range(1, 7)]
+        with concurrent.futures.ThreadPoolExecutor(len(loaded)) as pool:
+            together = list(pool.map(lambda record: _post(port, {"dataframe_records": [record]}), loaded))
+        assert [status for status, _ in together] == [200] * len(loaded), [b for s, b in together if s != 200]
+        one_by_one = [_post(port, {"dataframe_records": [record]}) for record in loaded]
+        for (_, concurrent_body), (_, sequential_body) in zip(together, one_by_one, strict=True):
+            assert concurrent_body["predictions"][0]["video"] == sequential_body["predictions"][0]["video"]
+        assert len({body["predictions"][0]["video"] for _, body in together}) == len(loaded)  # seeds differ
+
         # still up, and the same request gives the same bytes again
         status, body = _post(port, {"inputs": valid})
         assert status == 200 and body["predictions"][0]["video"] == prediction["video"]
@@ -151,8 +163,8 @@ def test_humo_serve_answers_valid_and_refuses_invalid_requests(
 
     # the fresh server process (models:/name@champion) and the in-process pipeline agree byte for byte
     pipeline, info = load_pipeline_from_folder(folder)
-    request = parse_request(valid, registry_params.registry.limits, registry_params.generate)
-    local = generate_one(pipeline, request, registry_params.generate, info)
+    request, _ = parse_request(valid, registry_params.limits, registry_params.generate, pipeline.transformer.humo_config)
+    local = generate_one(pipeline, request, registry_params.generate, registry_params.limits, info)
     assert local["video"] == prediction["video"]
-    assert json.loads(local["sidecar"])["video_sha256"] == sidecar["video_sha256"]
+    assert json.loads(local["sidecar"])["output"]["video_sha256"] == sidecar["output"]["video_sha256"]
     assert np.isfinite(sidecar["timings"]["total"])

@@ -17,8 +17,8 @@ from shard_factory import make_shards
 from humo.config import Params, SynthConfig
 from humo.data.media import read_clip
 from humo.features.shards import ShardIndex, file_sha256
+from humo.evaluation.samples import pick_sample_requests, preserved_rng, sample_callback
 from humo.training import train
-from humo.training.samples import pick_sample_requests, preserved_rng
 
 FRAMES, SIZE = 9, 32
 
@@ -70,8 +70,10 @@ def _params(p: Params, artifacts: Path, sample_every: int, **steps: int) -> Para
 
 
 def _run(stage: int, p: Params) -> train.TrainResult:
+    # as the CLI does: the training stage receives the sample callback, it never builds one
     stage_cfg = p.train_stage1 if stage == 1 else p.train_stage2
-    return train.run(stage, p.train, stage_cfg, p.model, p.tracking, p.paths)
+    samples = sample_callback(stage, p.train, p.tracking, p.paths) if train.samples_allowed(p.train) else None
+    return train.run(stage, p.train, stage_cfg, p.model, p.tracking, p.paths, callbacks=[samples] if samples else ())
 
 
 def _sample_artifacts(p: Params, run_id: str) -> list[str]:

@@ -13,7 +13,7 @@ from shard_factory import make_shards
 
 from humo.features.shards import ShardIndex
 from humo.training import train
-from humo.training.checkpoints import load_trained_transformer
+from humo.models.checkpoints import load_trained_transformer
 from humo.training.system import HumoSystem, NonFiniteLossError
 
 

@@ -44,9 +44,16 @@ from humo.data import faces, quality, shots, speech
 from humo.data.captions import CAPTIONERS, CaptionError, read_caption_file
 from humo.data.manifest import portable_path, write_manifest, write_rejects
 from humo.data.media import MediaError, fit_audio_to_frames, has_audio_stream, read_audio, write_video
-from humo.data.probe import FrameReader, analysis_size, decode_frames, probe_source, resample_indices
+from humo.data.probe import (
+    FrameReader,
+    SourceProbe,
+    analysis_size,
+    decode_frames,
+    probe_source,
+    resample_indices,
+)
 from humo.data.sources import SourceItem, read_sources
-from humo.data.sync import make_scorer
+from humo.data.sync import SyncEstimate, SyncScorer, make_scorer
 
 logger = logging.getLogger(__name__)
 
@@ -208,9 +215,105 @@ def _reference_frame(
     return best
 
 
+@dataclass
+class _Source:
+    """One source read and analysed: what the checks of its clips share."""
+
+    item: SourceItem
+    caption: str | None
+    probe: SourceProbe
+    indices: np.ndarray
+    """Source frame of each target-rate frame."""
+    audio: np.ndarray
+    frames: np.ndarray
+    """Analysis frames (small), one per target-rate frame."""
+    size: tuple[int, int]
+    """(width, height) of the analysis frames."""
+    shot_list: list[tuple[int, int]]
+    windows: list[tuple[int, int]]
+    """(shot index, start frame) of each candidate clip."""
+    raw_boxes: np.ndarray
+    """Per-frame face boxes in analysis pixels (NaN = none)."""
+    scale: float
+    """Analysis pixels per source pixel."""
+    found: np.ndarray
+    detector: str
+    speaking: np.ndarray
+    scorer: SyncScorer
+    whole: bool
+    """The source is exactly one clip (its id is the source id)."""
+    linkable: bool
+    full_size: FullSizeFrames
+
+
+@dataclass
+class _ClipCheck:
+    """The checks of one clip: the first problem (reason, detail), else the figures of the accepted clip."""
+
+    problem: str | None = None
+    detail: str = ""
+    boxes: np.ndarray | None = None
+    speech_ratio: float = 0.0
+    estimate: SyncEstimate | None = None
+    brightness: float = 0.0
+    sharpness: float = 0.0
+    reference: Path | None = None
+    reference_source: str | None = None
+
+
 def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, result: SourceResult) -> None:
-    source = result.source
+    """Curate one source into ``result``: a manifest row per accepted clip, a reject per rejected one.
+
+    Raises:
+        SourceRejected: a source-level reason, or ``no_usable_clip`` when every clip was rejected.
+    """
+    src = _read_source(item, cfg, result)
+    clip_reasons: Counter[str] = Counter()
+    for shot_index, start in src.windows:
+        clip_id = item.source_id if src.whole else f"{item.source_id}_{start:06d}"
+        check = _check_clip(src, cfg, shot_index, start, out_dir)
+        if check.problem is not None:
+            clip_reasons[check.problem] += 1
+            result.rejects.append(_reject(result.source, clip_id, check.problem, check.detail))
+            continue
+        result.rows.append(_manifest_row(src, cfg, check, clip_id, shot_index, start, out_dir, root, result.source))
+    if not result.rows:
+        summary = ", ".join(f"{reason}={count}" for reason, count in sorted(clip_reasons.items()))
+        raise SourceRejected("no_usable_clip", f"{sum(clip_reasons.values())} clip(s) rejected: {summary}")
+
+
+def _read_source(item: SourceItem, cfg: CurateConfig, result: SourceResult) -> _Source:
+    """Caption, stream, audio, shots, faces and speech of a source; fills the source figures of ``result``.
+
+    Raises:
+        SourceRejected: the source cannot give a clip (unreadable, too small, too short, silent, no long shot).
+    """
     caption = _source_caption(item)
+    probe, indices = _probe_checked(item, cfg, result)
+    audio, rms = _checked_audio(item, cfg, len(indices))
+    size, frames, shot_list, windows = _shot_windows(item, cfg, probe, indices)
+    scale = size[0] / probe.width
+    raw_boxes, detector = _detect_boxes(item, cfg, frames, indices, scale)
+    found = np.isfinite(raw_boxes).all(axis=1)
+    result.face_detector, result.face_hit_rate = detector, float(found.mean())
+    vad = cfg.vad if cfg.vad != "auto" else ("energy" if item.synthetic else "silero")
+    result.vad = vad
+    if vad == "silero":
+        speaking = speech.silero_frame_speech(audio, len(indices), cfg.vad_threshold, fps=cfg.fps)
+    else:
+        speaking = speech.energy_frame_speech(rms, cfg.energy_threshold_db, cfg.silence_rms)
+    scorer = make_scorer(cfg.sync_scorer, cfg.sync_search)
+    whole = len(windows) == 1 and windows[0][1] == 0 and len(indices) == cfg.num_frames
+    return _Source(
+        item=item, caption=caption, probe=probe, indices=indices, audio=audio, frames=frames, size=size,
+        shot_list=shot_list, windows=windows, raw_boxes=raw_boxes, scale=scale, found=found, detector=detector,
+        speaking=speaking, scorer=scorer, whole=whole, linkable=whole and _can_link(item, probe, indices, cfg),
+        full_size=FullSizeFrames(item.video, indices),
+    )
+
+
+def _probe_checked(item: SourceItem, cfg: CurateConfig, result: SourceResult) -> tuple[SourceProbe, np.ndarray]:
+    """The stream's probe and its target-rate frame indices; sets ``result.seconds``."""
     try:
         probe = probe_source(item.video)
     except MediaError as err:
@@ -225,11 +328,23 @@ def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, resu
         raise SourceRejected(
             "too_short", f"{len(indices)} frame(s) at {cfg.fps:g} fps < one clip of {cfg.num_frames} frames"
         )
-    audio = _source_audio(item, len(indices), cfg.fps)
-    rms = speech.frame_rms(audio, len(indices), fps=cfg.fps)
+    return probe, indices
+
+
+def _checked_audio(item: SourceItem, cfg: CurateConfig, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The source's audio and its per-frame RMS; a silent source is rejected."""
+    audio = _source_audio(item, num_frames, cfg.fps)
+    rms = speech.frame_rms(audio, num_frames, fps=cfg.fps)
     if speech.is_silent(rms, cfg.silence_rms):
         raise SourceRejected("silent_audio", f"loudest frame RMS {rms.max():.2e} < silence_rms {cfg.silence_rms:g}")
+    return audio, rms
 
+
+def _shot_windows(
+    item: SourceItem, cfg: CurateConfig, probe: SourceProbe, indices: np.ndarray
+) -> tuple[tuple[int, int], np.ndarray, list[tuple[int, int]], list[tuple[int, int]]]:
+    """``(size, frames, shots, windows)``: analysis frames, their shots and the clip windows inside shots
+    (thinned evenly to ``cfg.max_clips_per_source``)."""
     size = analysis_size(probe.width, probe.height, cfg.analysis_size)
     try:
         frames = decode_frames(item.video, indices, size)
@@ -240,116 +355,120 @@ def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, resu
     if not windows:
         longest = max(end - start for start, end in shot_list)
         raise SourceRejected("no_shot_long_enough", f"longest shot {longest} frames < {cfg.num_frames}")
-
     if cfg.max_clips_per_source is not None and len(windows) > cfg.max_clips_per_source:
         keep = np.linspace(0, len(windows) - 1, cfg.max_clips_per_source).round().astype(int)
         windows = [windows[i] for i in keep]
-    scale = size[0] / probe.width
-    raw_boxes, detector = _detect_boxes(item, cfg, frames, indices, scale)
-    found = np.isfinite(raw_boxes).all(axis=1)
-    result.face_detector, result.face_hit_rate = detector, float(found.mean())
-    vad = cfg.vad if cfg.vad != "auto" else ("energy" if item.synthetic else "silero")
-    result.vad = vad
-    if vad == "silero":
-        speaking = speech.silero_frame_speech(audio, len(indices), cfg.vad_threshold, fps=cfg.fps)
-    else:
-        speaking = speech.energy_frame_speech(rms, cfg.energy_threshold_db, cfg.silence_rms)
-    scorer = make_scorer(cfg.sync_scorer, cfg.sync_search)
-    samples_per_frame = AUDIO_SAMPLE_RATE / cfg.fps
-    whole = len(windows) == 1 and windows[0][1] == 0 and len(indices) == cfg.num_frames
-    linkable = whole and _can_link(item, probe, indices, cfg)
-    clip_reasons: Counter[str] = Counter()
-    full_size = FullSizeFrames(item.video, indices)
+    return size, frames, shot_list, windows
 
-    for shot_index, start in windows:
-        end = start + cfg.num_frames
-        clip_id = item.source_id if whole else f"{item.source_id}_{start:06d}"
-        clip_boxes = raw_boxes[start:end]
-        problem = faces.face_problem(clip_boxes, size, cfg.min_face_fraction, cfg.min_face_size)
-        detail = f"{detector} found a face in {np.isfinite(clip_boxes).all(axis=1).mean():.0%} of the frames"
-        boxes = None
-        if problem is None:
-            boxes = faces.fill_missing_boxes(clip_boxes)
-        speech_ratio = float(speaking[start:end].mean())
-        if problem is None and speech_ratio < cfg.min_speech_ratio:
-            problem, detail = "too_little_speech", f"speech ratio {speech_ratio:.2f} < {cfg.min_speech_ratio:g}"
-        estimate = None
-        if problem is None:
-            lo, hi = int(round(start * samples_per_frame)), int(round(end * samples_per_frame))
-            estimate = scorer(frames[start:end], boxes, audio[lo:hi], cfg.fps, AUDIO_SAMPLE_RATE)
-            if abs(estimate.offset) > cfg.sync_max_offset:
-                problem = "sync_offset"
-                detail = f"offset {estimate.offset:+d} frames, |offset| > {cfg.sync_max_offset}"
-            elif estimate.confidence < cfg.sync_min_confidence:
-                problem = "sync_low_confidence"
-                detail = f"confidence {estimate.confidence:.3f} < {cfg.sync_min_confidence:g}"
-        bright = sharp = 0.0
-        if problem is None:
-            bright = quality.brightness(frames[start:end])
-            sharp = quality.sharpness(frames[start:end], boxes)
-            problem = quality.quality_problem(bright, sharp, cfg.min_brightness, cfg.max_brightness, cfg.min_sharpness)
-            detail = f"brightness {bright:.1f}, sharpness {sharp:.1f}"
-        reference = reference_source = None
-        if problem is None:
-            reference, reference_source = _reference(
-                item, cfg, shot_list, shot_index, (start, end), found, raw_boxes / scale, full_size, out_dir
-            )
-            if reference is None:
-                problem, detail = "no_reference", "no face outside the clip: one shot, no distant segment"
-        if problem is not None:
-            clip_reasons[problem] += 1
-            result.rejects.append(_reject(source, clip_id, problem, detail))
-            continue
 
-        clip_caption = caption
-        if clip_caption is None:
-            clip_caption = CAPTIONERS[cfg.captioner](frames[start:end])
-        if linkable:
-            video = _link_clip(item.video, out_dir / "clips" / f"{clip_id}.mp4", cfg.link_mode)
-            width, height = probe.width, probe.height
-        else:
-            full = full_size.get(np.arange(start, end))
-            height, width = (full.shape[1] // 2) * 2, (full.shape[2] // 2) * 2
-            full = full[:, :height, :width]
-            lo, hi = int(round(start * samples_per_frame)), int(round(end * samples_per_frame))
-            video = write_video(out_dir / "clips" / f"{clip_id}.mp4", full, cfg.fps, audio[lo:hi])
-        to_clip = width / size[0]
-        clip_boxes_px = np.clip(boxes * to_clip, 0, [width, height, width, height])
-        sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        result.rows.append(
-            {
-                "clip_id": clip_id,
-                "source": source,
-                "video": portable_path(video, root),
-                "start_frame": int(start),
-                "num_frames": cfg.num_frames,
-                "fps": float(cfg.fps),
-                "width": int(width),
-                "height": int(height),
-                "caption": clip_caption,
-                "has_caption": clip_caption is not None,
-                "reference_image": portable_path(reference, root),
-                "reference_source": reference_source,
-                "face_boxes": np.round(clip_boxes_px, 2).tolist(),
-                "speech_ratio": speech_ratio,
-                "sync_offset": int(estimate.offset),
-                "sync_confidence": float(estimate.confidence),
-                "sync_distance": float(estimate.distance),
-                "split": item.split or cfg.folder_split,
-                "identity_id": item.identity_id,
-                "annotation": portable_path(item.annotation, root) if item.annotation else None,
-                "source_id": item.source_id,
-                "shot_index": int(shot_index),
-                "brightness": bright,
-                "sharpness": sharp,
-                "face_size": float(np.median(sides) / min(size)),
-                "face_detector": detector,
-                "linked": bool(linkable),
-            }
-        )
-    if not result.rows:
-        summary = ", ".join(f"{reason}={count}" for reason, count in sorted(clip_reasons.items()))
-        raise SourceRejected("no_usable_clip", f"{sum(clip_reasons.values())} clip(s) rejected: {summary}")
+def _audio_span(start: int, end: int, fps: float) -> tuple[int, int]:
+    """Audio sample range ``[lo, hi)`` of target-rate frames ``[start, end)``."""
+    samples_per_frame = AUDIO_SAMPLE_RATE / fps
+    return int(round(start * samples_per_frame)), int(round(end * samples_per_frame))
+
+
+def _check_clip(src: _Source, cfg: CurateConfig, shot_index: int, start: int, out_dir: Path) -> _ClipCheck:
+    """Face, speech, sync, quality and reference checks of the clip at ``start``, in that order."""
+    end = start + cfg.num_frames
+    clip_boxes = src.raw_boxes[start:end]
+    problem = faces.face_problem(clip_boxes, src.size, cfg.min_face_fraction, cfg.min_face_size)
+    if problem is not None:
+        detail = f"{src.detector} found a face in {np.isfinite(clip_boxes).all(axis=1).mean():.0%} of the frames"
+        return _ClipCheck(problem, detail)
+    check = _ClipCheck(boxes=faces.fill_missing_boxes(clip_boxes), speech_ratio=float(src.speaking[start:end].mean()))
+    if check.speech_ratio < cfg.min_speech_ratio:
+        check.problem = "too_little_speech"
+        check.detail = f"speech ratio {check.speech_ratio:.2f} < {cfg.min_speech_ratio:g}"
+        return check
+    lo, hi = _audio_span(start, end, cfg.fps)
+    frames = src.frames[start:end]
+    estimate = check.estimate = src.scorer(frames, check.boxes, src.audio[lo:hi], cfg.fps, AUDIO_SAMPLE_RATE)
+    if abs(estimate.offset) > cfg.sync_max_offset:
+        check.problem = "sync_offset"
+        check.detail = f"offset {estimate.offset:+d} frames, |offset| > {cfg.sync_max_offset}"
+        return check
+    if estimate.confidence < cfg.sync_min_confidence:
+        check.problem = "sync_low_confidence"
+        check.detail = f"confidence {estimate.confidence:.3f} < {cfg.sync_min_confidence:g}"
+        return check
+    check.brightness = bright = quality.brightness(frames)
+    check.sharpness = sharp = quality.sharpness(frames, check.boxes)
+    check.problem = quality.quality_problem(bright, sharp, cfg.min_brightness, cfg.max_brightness, cfg.min_sharpness)
+    if check.problem is not None:
+        check.detail = f"brightness {bright:.1f}, sharpness {sharp:.1f}"
+        return check
+    check.reference, check.reference_source = _reference(
+        src.item, cfg, src.shot_list, shot_index, (start, end), src.found, src.raw_boxes / src.scale,
+        src.full_size, out_dir,
+    )
+    if check.reference is None:
+        check.problem, check.detail = "no_reference", "no face outside the clip: one shot, no distant segment"
+    return check
+
+
+def _clip_video(src: _Source, cfg: CurateConfig, clip_id: str, start: int, out_dir: Path) -> tuple[Path, int, int]:
+    """``(path, width, height)`` of the clip's video: the source linked as it is, else written to ``clips/``."""
+    if src.linkable:
+        video = _link_clip(src.item.video, out_dir / "clips" / f"{clip_id}.mp4", cfg.link_mode)
+        return video, src.probe.width, src.probe.height
+    end = start + cfg.num_frames
+    full = src.full_size.get(np.arange(start, end))
+    height, width = (full.shape[1] // 2) * 2, (full.shape[2] // 2) * 2
+    full = full[:, :height, :width]
+    lo, hi = _audio_span(start, end, cfg.fps)
+    video = write_video(out_dir / "clips" / f"{clip_id}.mp4", full, cfg.fps, src.audio[lo:hi])
+    return video, width, height
+
+
+def _manifest_row(
+    src: _Source,
+    cfg: CurateConfig,
+    check: _ClipCheck,
+    clip_id: str,
+    shot_index: int,
+    start: int,
+    out_dir: Path,
+    root: Path,
+    source: str,
+) -> dict[str, Any]:
+    """Caption and video of an accepted clip, and its manifest row (contract 2)."""
+    item, boxes, estimate = src.item, check.boxes, check.estimate
+    caption = src.caption
+    if caption is None:
+        caption = CAPTIONERS[cfg.captioner](src.frames[start : start + cfg.num_frames])
+    video, width, height = _clip_video(src, cfg, clip_id, start, out_dir)
+    to_clip = width / src.size[0]
+    clip_boxes_px = np.clip(boxes * to_clip, 0, [width, height, width, height])
+    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    return {
+        "clip_id": clip_id,
+        "source": source,
+        "video": portable_path(video, root),
+        "start_frame": int(start),
+        "num_frames": cfg.num_frames,
+        "fps": float(cfg.fps),
+        "width": int(width),
+        "height": int(height),
+        "caption": caption,
+        "has_caption": caption is not None,
+        "reference_image": portable_path(check.reference, root),
+        "reference_source": check.reference_source,
+        "face_boxes": np.round(clip_boxes_px, 2).tolist(),
+        "speech_ratio": check.speech_ratio,
+        "sync_offset": int(estimate.offset),
+        "sync_confidence": float(estimate.confidence),
+        "sync_distance": float(estimate.distance),
+        "split": item.split or cfg.folder_split,
+        "identity_id": item.identity_id,
+        "annotation": portable_path(item.annotation, root) if item.annotation else None,
+        "source_id": item.source_id,
+        "shot_index": int(shot_index),
+        "brightness": check.brightness,
+        "sharpness": check.sharpness,
+        "face_size": float(np.median(sides) / min(src.size)),
+        "face_detector": src.detector,
+        "linked": bool(src.linkable),
+    }
 
 
 class FullSizeFrames:
@@ -488,7 +607,7 @@ def prepare(cfg: CurateConfig, paths: PathsConfig) -> tuple[list[SourceItem], Pa
     """
     source_dir = cfg.source_dir if cfg.source_dir is not None else paths.raw
     items = read_sources(cfg.source_format, source_dir, cfg.limit)
-    out_dir = Path(paths.artifacts) / "curate"
+    out_dir = paths.stage_dir("curate")
     for stale in (out_dir / "clips", out_dir / "references"):
         if stale.exists():
             shutil.rmtree(stale)
@@ -509,12 +628,11 @@ def finish(
         started: ``time.perf_counter()`` when the run began (for the throughput figure).
     """
     results = sorted(results, key=lambda r: r.source)
-    out_dir = Path(paths.artifacts) / "curate"
     check_accounting(items, results, project_root)
     rows = [row for r in results for row in r.rows]
     rejects = [rej for r in results for rej in r.rejects]
-    write_manifest(rows, out_dir / "manifest.parquet")
-    write_rejects(rejects, out_dir / "rejects.jsonl")
+    write_manifest(rows, paths.manifest)
+    write_rejects(rejects, paths.stage_dir("curate") / "rejects.jsonl")
 
     summary = CurateSummary(
         sources=len(items),
@@ -525,7 +643,7 @@ def finish(
         source_seconds=float(sum(r.seconds for r in results)),
         wall_seconds=time.perf_counter() - started,
     )
-    write_report(Path(paths.reports) / "curate", summary, results, rows, rejects)
+    write_report(paths.report_dir("curate"), summary, results, rows, rejects)
     logger.info("%s", summary)
     return summary
 

@@ -229,12 +229,12 @@ def run(
         ValidationFailed: an expectation failed; the message names it. The reports are written first.
     """
     root = Path(project_root) if project_root is not None else Path.cwd()
-    manifest = read_manifest(Path(paths.artifacts) / "curate" / "manifest.parquet")
+    manifest = read_manifest(paths.manifest)
     frame = derive_checks(manifest, root, cfg.check_files)
     result = validate_manifest(frame, curate, cfg)
     failed = [item.expectation_config.type for item in result.results if not item.success]
     summary = ValidationSummary(success=bool(result.success), evaluated=len(result.results), failed=failed, rows=len(frame))
-    report_dir = Path(paths.reports) / "validate"
+    report_dir = paths.report_dir("validate")
     report_dir.mkdir(parents=True, exist_ok=True)
     payload = {"success": summary.success, "rows": summary.rows, "evaluated": summary.evaluated,
                "failed": failed, "result": result.to_json_dict()}  # fmt: skip

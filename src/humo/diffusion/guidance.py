@@ -21,6 +21,12 @@ UPSTREAM_SWITCH_TIMESTEP = 980
 """17B TIA switches from the text-dominant to the identity/audio phase at t = 980 (the first 5 of 50 steps)."""
 UPSTREAM_LATE_TEXT_OFFSET = 2.0
 """After the switch the joint text+image scale is ``scale_text - 2`` (5.0 -> 3.0 by default)."""
+UPSTREAM_SCALES: dict[str, dict[str, float]] = {
+    "humo-17b": {"text": 5.0, "image": 4.0, "audio": 5.5},
+    "humo-1.7b": {"text": 7.0, "image": 4.0, "audio": 7.5},
+}
+"""Upstream's guidance scales per form (humo-reference.md 2.3): 17B ``generate.yaml`` / ``infer_tia.sh`` s_t 5.0,
+s_a 5.5 (s_i unused by that form); 1.7B ``infer_tia_1_7B.sh`` s_t 7.0 (its yaml says 7.5), s_i 4.0, s_a 7.5."""
 
 
 def guidance_ta(

@@ -31,11 +31,12 @@ from humo.config import (
     GenerateConfig,
     ModelConfig,
     PathsConfig,
+    RequestLimitsConfig,
     TrackingConfig,
     TrainConfig,
     TrainStage2Config,
 )
-from humo.evaluation.evalset import EVAL_SET_DIR, load_cases
+from humo.evaluation.evalset import load_cases
 from humo.evaluation.evaluate import _mean_figures, generate_and_score
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,9 @@ def train_without_mask_loss(
     train: TrainConfig, stage2: TrainStage2Config, model: ModelConfig, tracking: TrackingConfig, paths: PathsConfig
 ) -> Path:
     """Train stage 2 with ``mask_loss_weight=0`` into ``artifacts/ablation/no_mask_loss`` (reused when done)."""
-    from humo.training.checkpoints import RUN_FILE
-    from humo.training.train import run as train_run
+    from humo.evaluation.samples import sample_callback
+    from humo.models.checkpoints import RUN_FILE
+    from humo.training.train import run as train_run, samples_allowed
 
     folder = paths.artifacts / NO_MASK_DIR
     if (folder / "train_stage2" / RUN_FILE).is_file():
@@ -90,13 +92,16 @@ def train_without_mask_loss(
             raise FileNotFoundError(f"{source} not found; run the main pipeline (dvc repro train_stage2) first")
         if not link.exists():
             link.symlink_to(source, target_is_directory=True)
+    variant_paths = paths.model_copy(update={"artifacts": folder})
+    samples = sample_callback(2, train, tracking, variant_paths) if samples_allowed(train) else None
     result = train_run(
         2,
         train=train,
         stage_cfg=stage2.model_copy(update={"mask_loss_weight": 0.0}),
         model=model,
         tracking=tracking,
-        paths=paths.model_copy(update={"artifacts": folder}),
+        paths=variant_paths,
+        callbacks=[samples] if samples is not None else (),
     )
     return Path(result.out_dir)
 
@@ -131,6 +136,7 @@ def _fmt(value: float | None) -> str:
 def run(
     cfg: EvaluateConfig,
     generate: GenerateConfig,
+    limits: RequestLimitsConfig,
     encoders: EncodersConfig,
     train: TrainConfig,
     stage2: TrainStage2Config,
@@ -143,23 +149,24 @@ def run(
     Returns:
         The table document (rows, expectations, settings).
     """
-    from humo.inference.batch import build_pipeline, load_model
+    from humo.inference.generate import build_pipeline, load_model
 
     start = time.perf_counter()
     train_without_mask_loss(train, stage2, model, tracking, paths)
-    eval_dir = paths.artifacts / EVAL_SET_DIR
+    eval_dir = paths.eval_set_dir
     cases = load_cases(eval_dir)
     rows: dict[str, dict[str, float]] = {}
     pipes: dict[str, Any] = {}
     for variant in variants():
         if variant.checkpoint not in pipes:
             transformer, _ = load_model(paths.artifacts / variant.checkpoint)
-            pipes[variant.checkpoint] = build_pipeline(transformer, generate, encoders, paths)
+            pipes[variant.checkpoint] = build_pipeline(transformer, generate, encoders, paths.vae_dir, limits)
         settings = generate.model_copy(
             update={"guidance": generate.guidance.model_copy(update={"form": variant.guidance_form})}
         )
         scored = generate_and_score(
-            pipes[variant.checkpoint], cases, eval_dir, cfg.model_copy(update={"modes": (variant.mode,)}), settings
+            pipes[variant.checkpoint], cases, eval_dir, cfg.model_copy(update={"modes": (variant.mode,)}), settings,
+            limits,
         )
         rows[variant.name] = _mean_figures(scored)
         logger.info("ablation %s: %s", variant.name, {k: round(rows[variant.name].get(k, np.nan), 3) for k in COLUMNS})

@@ -31,8 +31,6 @@ from humo.data.media import read_clip, write_wav
 logger = logging.getLogger(__name__)
 
 CASES_FILE = "cases.json"
-EVAL_SET_DIR = "eval_set"
-MANIFEST = Path("curate") / "manifest.parquet"
 
 
 @dataclass(frozen=True)
@@ -109,11 +107,11 @@ def run(cfg: EvaluateConfig, paths: PathsConfig, project_root: Path | None = Non
     import pandas as pd
 
     root = Path(project_root or Path.cwd())
-    manifest_path = root / paths.artifacts / MANIFEST
+    manifest_path = root / paths.manifest
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path} not found; run `humo curate` (dvc repro curate) first")
     manifest = pd.read_parquet(manifest_path)
-    out_dir = root / paths.artifacts / EVAL_SET_DIR
+    out_dir = root / paths.eval_set_dir
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)

@@ -28,31 +28,28 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from humo.config import EncodersConfig, EvaluateConfig, GenerateConfig, PathsConfig, TrackingConfig
+from humo.config import (
+    EncodersConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    PathsConfig,
+    RequestLimitsConfig,
+    TrackingConfig,
+)
 from humo.data.media import read_audio, read_clip
-from humo.evaluation import metrics, probes
-from humo.evaluation.evalset import EVAL_SET_DIR, EvalCase, load_cases
+from humo.evaluation import metrics, probes, report
+from humo.evaluation.evalset import EvalCase, load_cases
 from humo.evaluation.gates import GateDecision, passes
+from humo.evaluation.metrics import ScoredClip
+from humo.inference.generate import GenerationRequest, build_pipeline, generate, load_model
 
 logger = logging.getLogger(__name__)
 
-CANDIDATE_DIR = "train_stage2"
 REPORT_DIR = "evaluate"
 GROUND_TRUTH = "ground_truth"
 """Name of the report row scoring the evaluation set's own clips."""
 VAE_ROUND_TRIP = "vae_round_trip"
 """Name of the report row scoring the evaluation set's clips after a VAE encode-decode (the VAE's ceiling)."""
-
-
-@dataclass
-class ScoredClip:
-    """One scored video: its figures, its sync distance per offset, and a few frames for the strips."""
-
-    case_id: str
-    mode: str
-    figures: dict[str, float]
-    sync_scores: np.ndarray
-    frames: np.ndarray
 
 
 @dataclass
@@ -149,49 +146,41 @@ def generate_and_score(
     cases: list[EvalCase],
     eval_dir: Path,
     cfg: EvaluateConfig,
-    generate: GenerateConfig,
+    settings: GenerateConfig,
+    limits: RequestLimitsConfig,
     evaluators: Evaluators | None = None,
 ) -> list[ScoredClip]:
     """Generate every case in every mode of ``cfg.modes`` with ``pipe`` and score the videos.
 
-    Latents of all videos are generated first and decoded by the VAE in batches of ``cfg.decode_batch``: the
-    causal VAE decodes frame by frame, so one batched decode costs little more than a single one on a CPU.
+    Every video goes through :func:`humo.inference.generate.generate` (latents out); they are decoded by the VAE
+    in batches of ``cfg.decode_batch``: the causal VAE decodes frame by frame, so one batched decode costs little
+    more than a single one on a CPU.
 
     Args:
-        pipe: a :class:`~humo.inference.pipeline.HumoPipeline` (anything with its ``__call__`` and
-            ``decode_latents``).
+        pipe: a :class:`~humo.inference.pipeline.HumoPipeline`.
         cases: the evaluation set.
         eval_dir: its folder.
         cfg: the ``evaluate`` section (modes, steps, seed, decode batch).
-        generate: the ``generate`` section (guidance settings).
+        settings: the ``generate`` section (guidance settings).
+        limits: the ``limits`` section.
         evaluators: optional real evaluator models (see :func:`score_clip`).
     """
     import torch
 
-    from humo.inference.batch import guidance_for
     from humo.models.encoders import tensor_to_frames
 
     inputs = {case.case_id: _case_inputs(eval_dir, case) for case in cases}
     jobs: list[tuple[str, EvalCase, torch.Tensor]] = []
     for mode in cfg.modes:
-        guidance = guidance_for(generate, mode)
-        for index, case in enumerate(tqdm(cases, desc=f"generate {mode}", disable=not generate.progress_bar)):
+        for index, case in enumerate(tqdm(cases, desc=f"generate {mode}", disable=not settings.progress_bar)):
             reference, audio = inputs[case.case_id]
-            output = pipe(
-                case.caption,
-                image=reference if "I" in mode else None,
-                audio=audio if "A" in mode else None,
-                mode=mode,
-                height=case.height,
-                width=case.width,
-                num_frames=case.num_frames,
-                num_inference_steps=cfg.steps,
-                guidance=guidance,
-                generator=torch.Generator().manual_seed(cfg.seed + index),
-                output_type="latent",
-                progress=False,
+            request = GenerationRequest(
+                id=case.case_id, prompt=case.caption, mode=mode, image=reference if "I" in mode else None,
+                audio=audio if "A" in mode else None, seed=cfg.seed + index, steps=cfg.steps,
+                num_frames=case.num_frames, height=case.height, width=case.width,
             )
-            jobs.append((mode, case, output.frames))
+            result = generate(pipe, request, settings, limits, output_type="latent", progress=False)
+            jobs.append((mode, case, result.output.frames))
     scored = []
     for first in range(0, len(jobs), cfg.decode_batch):
         chunk = jobs[first : first + cfg.decode_batch]
@@ -298,7 +287,8 @@ def _log_to_mlflow(
 
 def run(
     cfg: EvaluateConfig,
-    generate: GenerateConfig,
+    settings: GenerateConfig,
+    limits: RequestLimitsConfig,
     encoders: EncodersConfig,
     paths: PathsConfig,
     tracking: TrackingConfig,
@@ -307,7 +297,7 @@ def run(
     """The ``evaluate`` stage (see the module docstring).
 
     Args:
-        cfg, generate, encoders, paths, tracking: params sections.
+        cfg, settings (``generate``), limits, encoders, paths, tracking: params sections.
         candidate: checkpoint folder to evaluate (default ``<artifacts>/train_stage2``).
 
     Returns:
@@ -316,24 +306,21 @@ def run(
     Raises:
         FileNotFoundError: no evaluation set or no candidate checkpoint.
     """
-    from humo.evaluation import report
-    from humo.inference.batch import build_pipeline, load_model
-
     start, cpu_start = time.perf_counter(), time.process_time()
-    eval_dir = paths.artifacts / EVAL_SET_DIR
+    eval_dir = paths.eval_set_dir
     cases = load_cases(eval_dir)
-    candidate = Path(candidate or paths.artifacts / CANDIDATE_DIR)
+    candidate = Path(candidate or paths.candidate_dir)
     transformer, info = load_model(candidate)
-    pipe = build_pipeline(transformer, generate, encoders, paths)
+    pipe = build_pipeline(transformer, settings, encoders, paths.vae_dir, limits)
     evaluators = Evaluators.from_config(cfg)
     scored = score_ground_truth(cases, eval_dir, cfg, evaluators)
     scored += score_vae_round_trip(pipe, cases, eval_dir, cfg, evaluators)
-    scored += generate_and_score(pipe, cases, eval_dir, cfg, generate, evaluators)
+    scored += generate_and_score(pipe, cases, eval_dir, cfg, settings, limits, evaluators)
     document = summarise(scored, cfg.gate.mode)
     decision = passes(document.get(cfg.gate.mode, {}), cfg.gate)
     seconds = time.perf_counter() - start
 
-    report_dir = paths.reports / REPORT_DIR
+    report_dir = paths.report_dir(REPORT_DIR)
     report.write_report(
         report_dir,
         scored=scored,

@@ -310,3 +310,14 @@ def face_presence_ratio(face_boxes: np.ndarray) -> float:
     """Share of frames with a face: rows of ``face_boxes`` ``(F, 4)`` without NaN (detectors mark misses NaN)."""
     boxes = np.asarray(face_boxes, dtype=np.float64).reshape(-1, 4)
     return float(np.mean(~np.isnan(boxes).any(axis=1))) if len(boxes) else 0.0
+
+
+@dataclass
+class ScoredClip:
+    """One scored video: its figures, its sync distance per offset, and a few frames for the strips."""
+
+    case_id: str
+    mode: str
+    figures: dict[str, float]
+    sync_scores: np.ndarray
+    frames: np.ndarray

@@ -28,7 +28,7 @@ from humo.evaluation.metrics import METRICS
 if TYPE_CHECKING:
     from humo.config import EvaluateConfig
     from humo.evaluation.evalset import EvalCase
-    from humo.evaluation.evaluate import ScoredClip
+    from humo.evaluation.metrics import ScoredClip
     from humo.evaluation.gates import GateDecision
 
 logger = logging.getLogger(__name__)

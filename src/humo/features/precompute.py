@@ -259,10 +259,8 @@ def run(
     from safetensors.torch import save_file
 
     root = Path(root)
-    artifacts = paths.artifacts if paths.artifacts.is_absolute() else root / paths.artifacts
-    manifest_path = artifacts / "curate" / "manifest.parquet"
-    vae_dir = artifacts / "train_vae" / "vae"
-    out_dir = artifacts / "precompute"
+    # relative paths resolve against root; an absolute one stays as it is
+    manifest_path, vae_dir, out_dir = root / paths.manifest, root / paths.vae_dir, root / paths.features_dir
     manifest = read_manifest(manifest_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     prov = provenance(manifest_path, encoders, cfg, vae_dir)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from humo.constants import AUDIO_SAMPLE_RATE, VAE_TEMPORAL_STRIDE
+from humo.constants import VAE_TEMPORAL_STRIDE
 from humo.diffusion.flow_matching import sampling_sigmas
 from humo.diffusion.guidance import GuidanceSchedule, build_guidance
 from humo.inference.pipeline import (
@@ -46,8 +46,6 @@ from humo.inference.pipeline import (
     KnownPrefix,
     OutputType,
     PrefixHold,
-    audio_is_silent,
-    frames_for_audio,
     latent_frames,
 )
 
@@ -168,6 +166,7 @@ def generate_long(
     prefix_hold: PrefixHold = "clean",
     seam_strength: float = 0.7,
     seam_radius: int = 3,
+    negative_prompt: str | None = None,
 ) -> tuple[HumoPipelineOutput, list[int]]:
     """Generate a video as long as ``audio`` (up to ``max_total_frames``) in sliding latent windows.
 
@@ -187,6 +186,7 @@ def generate_long(
         seam_strength: noise level in ``(0, 1)`` to which each seam's window is re-noised before it is denoised
             again (0 = no seam pass); costs the solver steps below that level once per seam.
         seam_radius: latent frames on each side of a seam over which the second pass is blended in.
+        negative_prompt: overrides the pipeline's null text.
 
     Returns:
         ``(output, seams)``: the pipeline output for the whole video and the pixel frames where windows join.
@@ -201,13 +201,7 @@ def generate_long(
             f"seam_strength={seam_strength} must be in [0, 1) (0 turns the seam pass off) and seam_radius="
             f"{seam_radius} at least 1 latent frame"
         )
-    notes: list[str] = []
-    if num_frames is None:
-        num_frames = frames_for_audio(len(audio), max_total_frames)
-        if frames_for_audio(len(audio), 10**9) > num_frames:
-            notes.append(f"audio of {len(audio) / AUDIO_SAMPLE_RATE:.2f} s cut to the maximum {num_frames} frames")
-    if audio_is_silent(audio):
-        notes.append("the audio is silent: expect a closed mouth")
+    num_frames, notes = pipeline.resolve_num_frames(audio, num_frames, max_total_frames)
     guidance = guidance or build_guidance("humo-17b", mode, scale_text=5.0, scale_image=4.0, scale_audio=5.5)
     num_latent = latent_frames(num_frames)
     windows = plan_windows(num_latent, latent_frames(window_frames), overlap_latent_frames)
@@ -215,7 +209,7 @@ def generate_long(
 
     # 1. encode once: text, reference, and the audio of the whole video
     timings: dict[str, float] = {}
-    prompt_embeds, negative_embeds = pipeline.encode_prompt(prompt)
+    prompt_embeds, negative_embeds = pipeline.encode_prompt(prompt, negative_prompt)
     ref_latents = pipeline.encode_reference(image, height, width) if "I" in mode else None
     audio_windows = pipeline.encode_audio(audio if "A" in mode else None, num_frames)  # [1, T, 8, G, C]
     timings["encode"] = time.perf_counter() - start
@@ -267,7 +261,7 @@ def generate_long(
             assembled[:, :, first:stop] = weight * again + (1 - weight) * assembled[:, :, first:stop]
         timings["seams"] = time.perf_counter() - tick
 
-    output = pipeline._finish(
+    output = pipeline.finish(
         assembled, audio, num_frames, mode, output_type, output_path, crf, timings, notes, start
     )
     return output, seam_frames(windows)

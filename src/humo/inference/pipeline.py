@@ -683,8 +683,11 @@ class HumoPipeline:
         return "T" + ("I" if image is not None else "") + ("A" if audio is not None else "")
 
     def resolve_num_frames(self, audio: np.ndarray | None, num_frames: int | None, cap: int) -> tuple[int, list[str]]:
-        """Frames of the video: explicit, else from the audio (upstream's rule), else ``max_frames``."""
+        """Frames of the video (explicit, else from the audio by upstream's rule, else ``cap``) and the notes about
+        the audio worth telling the user (silent; cut to the cap). Single and long videos both use it."""
         notes: list[str] = []
+        if audio is not None and audio_is_silent(audio):
+            notes.append("the audio is silent: expect a closed mouth")
         if num_frames is not None:
             return num_frames, notes
         if audio is None:
@@ -759,8 +762,6 @@ class HumoPipeline:
         if output_type == "mp4" and output_path is None:
             raise ValueError("output_type='mp4' needs output_path (where to write the video)")
         num_frames, notes = self.resolve_num_frames(audio, num_frames, cap)
-        if audio is not None and audio_is_silent(audio):
-            notes.append("the audio is silent: expect a closed mouth")
         if guidance is None:
             guidance = build_guidance("humo-17b", mode, scale_text=5.0, scale_image=4.0, scale_audio=5.5)
         num_latent = latent_frames(num_frames)
@@ -781,11 +782,11 @@ class HumoPipeline:
         video_latents = latents[:, :, :num_latent]  # drop the reference frames
         timings["denoise"] = time.perf_counter() - tick
 
-        return self._finish(
+        return self.finish(
             video_latents, audio, num_frames, mode, output_type, output_path, crf, timings, notes, start
         )
 
-    def _finish(
+    def finish(
         self,
         video_latents: torch.Tensor,
         audio: np.ndarray | None,
@@ -798,7 +799,7 @@ class HumoPipeline:
         notes: list[str],
         start: float,
     ) -> HumoPipelineOutput:
-        """5. decode, 6. convert or write; shared by single-window and long-video generation."""
+        """5. decode, 6. convert or write: the end of every generation, single-window and long-video alike."""
         from humo.data.media import fit_audio_to_frames, write_video
         from humo.models.encoders import tensor_to_frames
 

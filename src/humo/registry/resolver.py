@@ -1,8 +1,7 @@
 """``models:/<name>@<alias>`` (or ``models:/<name>/<version>``) for batch generation.
 
-:func:`humo.inference.batch.load_model` resolves ``<scheme>:/...`` references through resolvers registered with
-:func:`humo.inference.batch.register_model_resolver`; importing :mod:`humo.registry` registers this one for the
-``models`` scheme. It downloads the version's ``model_dir`` artifact, verifies any weights manifest, and loads the
+:func:`humo.inference.generate.load_model` resolves ``<scheme>:/...`` references through the resolvers it is
+given; :data:`MODEL_RESOLVERS` maps the ``models`` scheme to this one. It downloads the version's ``model_dir`` artifact, verifies any weights manifest, and loads the
 EMA transformer. The tracking URI is MLflow's current one (``mlflow.set_tracking_uri`` or ``MLFLOW_TRACKING_URI``).
 """
 
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from humo.inference.batch import ModelInfo
+from humo.inference.generate import ModelInfo, ModelResolver
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ def resolve_registered_model(uri: str) -> tuple[torch.nn.Module, ModelInfo]:
     from humo.registry.manifest import verify_manifest
     from humo.registry.mlflow_registry import artifact_folder
     from humo.registry.pyfunc import ARTIFACT_KEY, MANIFEST_JSON, TRANSFORMER_DIR
-    from humo.training.checkpoints import load_trained_transformer
+    from humo.models.checkpoints import load_trained_transformer
 
     name, version = _version_of(uri)
     with tempfile.TemporaryDirectory(prefix="humo-resolve-") as tmp:
@@ -55,3 +54,7 @@ def resolve_registered_model(uri: str) -> tuple[torch.nn.Module, ModelInfo]:
         transformer = load_trained_transformer(roots.get("transformer", folder / TRANSFORMER_DIR))
     logger.info("resolved %s to %s version %s", uri, name, version)
     return transformer, ModelInfo(name=name, version=version, source=uri)
+
+
+MODEL_RESOLVERS: dict[str, ModelResolver] = {"models": resolve_registered_model}
+"""Scheme -> resolver, to pass to :func:`humo.inference.generate.load_model`."""

@@ -5,16 +5,15 @@ init (or released weights, ``model.checkpoint``); ``run(stage=2, ...)`` starts f
 trains audio-visual sync (self-attention + audio projection, audio cross-attention and mask predictor) with the
 task mix rising from 20% to 50% audio samples. Both read only the precomputed shards (``artifacts/precompute``).
 
-Outputs in ``artifacts/train_stage{N}`` (contract (3), :mod:`humo.training.checkpoints`): ``model.safetensors``,
+Outputs in ``artifacts/train_stage{N}`` (contract (3), :mod:`humo.models.checkpoints`): ``model.safetensors``,
 ``ema.safetensors``, ``config.json``, ``run.json`` and ``checkpoints/last.ckpt`` (resumable Lightning checkpoint:
 weights, optimizer, scheduler, EMA, step). Calling ``run`` again after a crash or a kill resumes from
 ``last.ckpt`` when the settings are the same; data order and randomness are functions of the step, so a resumed
 run ends with the same weights as an uninterrupted one (bitwise on CPU in one process).
 
 Tracking: one MLflow run per stage (nested under ``$HUMO_PARENT_RUN_ID`` when a flow sets it) with the resolved
-config as params, per-task losses, learning rate, samples/s and the mask accuracy; with
-``train.sample_every_n_steps > 0`` (single process) also sample videos of fixed held-out requests under
-``samples/`` (:mod:`humo.training.samples`).
+config as params, per-task losses, learning rate, samples/s and the mask accuracy. Sample videos are not built
+here: the caller passes their callback through ``run(..., callbacks=...)`` when :func:`samples_allowed` says so.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +35,6 @@ import lightning as L
 import torch
 
 from humo.config import (
-    EncodersConfig,
     ModelConfig,
     PathsConfig,
     TrackingConfig,
@@ -44,8 +43,8 @@ from humo.config import (
     TrainStage2Config,
 )
 from humo.features.shards import ShardIndex, file_sha256
+from humo.models.checkpoints import EMA_FILE, check_preset, save_trained
 from humo.models.presets import HumoDiTConfig, get_preset
-from humo.training.checkpoints import EMA_FILE, check_preset, save_trained
 from humo.training.datamodule import ShardDataModule
 from humo.training.strategies import build_strategy
 from humo.training.system import HumoSystem, NonFiniteLossError
@@ -177,9 +176,51 @@ def _rank() -> int:
     return int(getattr(rank_zero_only, "rank", 0))
 
 
+def samples_allowed(train: TrainConfig) -> bool:
+    """Whether sample videos may be rendered: ``train.sample_every_n_steps > 0`` and one process.
+
+    The caller (the CLI) builds the sample-video callback only then and passes it to :func:`run`; the reason for
+    a skip is logged.
+    """
+    if train.sample_every_n_steps == 0:
+        logger.debug("sample videos are off (train.sample_every_n_steps=0)")
+        return False
+    if train.strategy != "single":
+        logger.info(
+            "sample videos are skipped with train.strategy=%s (single-process training only)", train.strategy
+        )
+        return False
+    return True
+
+
 # =====================================================================================================
 # The stage
 # =====================================================================================================
+
+
+@dataclass(frozen=True)
+class _StageDirs:
+    """The folders of one stage, resolved against the project root."""
+
+    shards: Path
+    manifest: Path
+    out: Path
+    init: Path
+    """Stage 1's output: stage 2's start."""
+
+    @property
+    def checkpoints(self) -> Path:
+        """The resumable Lightning checkpoints of the stage."""
+        return self.out / "checkpoints"
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The checked inputs of a stage."""
+
+    manifest_sha256: str
+    datamodule: ShardDataModule
+    transformer_cfg: HumoDiTConfig
 
 
 def run(
@@ -191,6 +232,7 @@ def run(
     paths: PathsConfig,
     root: Path = Path("."),
     resume: bool = True,
+    callbacks: Sequence[L.Callback] = (),
 ) -> TrainResult:
     """Train one stage on the precomputed shards and write its checkpoint folder.
 
@@ -200,10 +242,12 @@ def run(
         stage_cfg: ``train_stage1`` or ``train_stage2`` (steps, learning rate; stage 2: task mix, mask weight).
         model: the preset (and overrides; stage 1 may start from released weights ``model.checkpoint``).
         tracking: MLflow store and experiment.
-        paths: ``artifacts`` holds ``precompute/`` and ``curate/manifest.parquet`` (inputs), ``train_stage1/``
-            (stage 2's start) and the output ``train_stage{stage}/``.
+        paths: ``features_dir`` and ``manifest`` (inputs), ``stage1_dir`` (stage 2's start) and the output
+            ``stage_dir("train_stage{stage}")``.
         root: the project root (relative ``paths`` are resolved against it).
         resume: continue from ``checkpoints/last.ckpt`` when it was written with the same settings.
+        callbacks: extra Lightning callbacks, e.g. the sample-video callback the CLI builds; appended to the
+            Trainer's own (history, checkpoint, learning-rate monitor).
 
     Returns:
         A :class:`TrainResult` (output folder, MLflow run id, metrics, validation history).
@@ -214,26 +258,96 @@ def run(
             preset; all before any training step.
         NonFiniteLossError: the loss became NaN/inf (a checkpoint of the weights before that step is written).
     """
+    # 1. the arguments and the stage's folders
+    _check_stage(stage, stage_cfg)
+    dirs = _stage_dirs(stage, paths, Path(root))
+    rank = _rank()
+
+    # 2. everything that can be wrong with the inputs, before any step
+    inputs = _check_inputs(stage, train, stage_cfg, model, dirs)
+
+    # 3. the model, and the checkpoint to resume from (only one written with the same settings)
+    transformer = _build_transformer(stage, train, stage_cfg, model, inputs.transformer_cfg, dirs.init)
+    params_used = _params_used(stage, train, stage_cfg, model)
+    resume_from = _resume_from(stage, train, params_used, inputs.manifest_sha256, dirs, resume, rank)
+    system = _build_system(stage, transformer, inputs.datamodule, train, stage_cfg, dirs.checkpoints)
+
+    # 4. tracking: rank 0 opens the MLflow run; worker processes inherit its id through the environment
+    context = _tracking_context(stage, tracking, params_used, inputs.transformer_cfg, resume_from is not None, rank)
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    with context as active:
+        run_id = _share_run_id(active)
+
+        # 5. fit, then gather the weights (a collective under FSDP: every rank)
+        fit = _fit(
+            stage, system, inputs.datamodule, train, stage_cfg, tracking, run_id, dirs.checkpoints, resume_from,
+            callbacks,
+        )
+        sharding = parameter_sharding(system.transformer)
+        weights = system.full_state_dicts()
+        seconds = time.perf_counter() - start
+
+        # 6. rank 0 writes the checkpoint folder and logs the run's summary
+        if rank == 0:
+            metrics = _write_outputs(
+                stage, stage_cfg, model, dirs.out, inputs, params_used,
+                run_id=run_id, seconds=seconds, fit=fit, sharding=sharding, weights=weights, tracked=active is not None,
+            )
+    return TrainResult(
+        stage=stage,
+        out_dir=dirs.out,
+        run_id=run_id,
+        steps=stage_cfg.steps,
+        seconds=seconds,
+        metrics=metrics,
+        val_history=fit["history"].val_history,
+    )
+
+
+def _check_stage(stage: int, stage_cfg: TrainStage1Config | TrainStage2Config) -> None:
+    """Refuse a stage other than 1 or 2, or the settings section of the other stage."""
     if stage not in (1, 2):
         raise ValueError(f"stage must be 1 or 2, got {stage}")
     expected_cfg = TrainStage1Config if stage == 1 else TrainStage2Config
     if not isinstance(stage_cfg, expected_cfg):
         raise TypeError(f"stage {stage} takes a {expected_cfg.__name__}, got {type(stage_cfg).__name__}")
-    root = Path(root)
-    artifacts = paths.artifacts if paths.artifacts.is_absolute() else root / paths.artifacts
-    shards_dir = artifacts / "precompute"
-    manifest_path = artifacts / "curate" / "manifest.parquet"
-    out_dir = artifacts / f"train_stage{stage}"
-    init_dir = artifacts / "train_stage1"
-    rank = _rank()
 
-    # 1. everything that can be wrong with the inputs, before any step
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"manifest {manifest_path} not found: the shards cannot be checked; run curate first")
-    shard_index = ShardIndex.load(shards_dir)  # a clear error when precompute never ran
-    manifest_hash = file_sha256(manifest_path)
+
+def _stage_dirs(stage: int, paths: PathsConfig, root: Path) -> _StageDirs:
+    """The stage's folders from :class:`~humo.config.PathsConfig`; a relative one is taken under ``root``."""
+
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else root / path
+
+    return _StageDirs(
+        shards=resolve(paths.features_dir),
+        manifest=resolve(paths.manifest),
+        out=resolve(paths.stage_dir(f"train_stage{stage}")),
+        init=resolve(paths.stage1_dir),
+    )
+
+
+def _check_inputs(
+    stage: int,
+    train: TrainConfig,
+    stage_cfg: TrainStage1Config | TrainStage2Config,
+    model: ModelConfig,
+    dirs: _StageDirs,
+) -> _Inputs:
+    """Check manifest, shards (fresh, complete, fitting the preset) and (stage 2) the stage-1 checkpoint.
+
+    Raises:
+        FileNotFoundError: no manifest, no shards, or (stage 2) no stage-1 checkpoint.
+        ValueError: stale, incomplete or empty shards, shards that do not fit the preset, a stage-1 checkpoint of
+            another preset.
+    """
+    if not dirs.manifest.is_file():
+        raise FileNotFoundError(f"manifest {dirs.manifest} not found: the shards cannot be checked; run curate first")
+    ShardIndex.load(dirs.shards)  # a clear error when precompute never ran
+    manifest_hash = file_sha256(dirs.manifest)
     datamodule = ShardDataModule(
-        shards_dir,
+        dirs.shards,
         batch_size=train.batch_size,
         num_steps=stage_cfg.steps,
         num_workers=train.num_workers,
@@ -242,11 +356,21 @@ def run(
         expected_provenance={"manifest_sha256": manifest_hash},
     )
     transformer_cfg = get_preset(model.preset, **model.overrides)
-    _check_features(datamodule.example(), transformer_cfg, shards_dir)
+    _check_features(datamodule.example(), transformer_cfg, dirs.shards)
     if stage == 2:
-        check_preset(init_dir, model.preset, transformer_cfg)
+        check_preset(dirs.init, model.preset, transformer_cfg)
+    return _Inputs(manifest_sha256=manifest_hash, datamodule=datamodule, transformer_cfg=transformer_cfg)
 
-    # 2. the model: stage 1 from a seeded init (or released weights), stage 2 from stage 1's EMA weights
+
+def _build_transformer(
+    stage: int,
+    train: TrainConfig,
+    stage_cfg: TrainStage1Config | TrainStage2Config,
+    model: ModelConfig,
+    transformer_cfg: HumoDiTConfig,
+    init_dir: Path,
+) -> torch.nn.Module:
+    """The seeded model: stage 1 from a random init (or released weights), stage 2 from stage 1's EMA weights."""
     L.seed_everything(train.seed, workers=True, verbose=False)
     from humo.models.transformer import HumoTransformer3D
 
@@ -266,23 +390,54 @@ def run(
 
         transformer.load_state_dict(load_file(str(init_dir / EMA_FILE)), strict=True)
         logger.info("stage 2 starts from the stage-1 EMA weights in %s", init_dir)
+    return transformer
 
-    ckpt_dir = out_dir / "checkpoints"
-    params_used = {
+
+def _params_used(
+    stage: int, train: TrainConfig, stage_cfg: TrainStage1Config | TrainStage2Config, model: ModelConfig
+) -> dict[str, Any]:
+    """The resolved settings of the run (MLflow params, ``config.json``, the resume fingerprint)."""
+    return {
         "train": train.model_dump(mode="json"),
         f"train_stage{stage}": stage_cfg.model_dump(mode="json"),
         "model": model.model_dump(mode="json"),
     }
-    weight_params = {**params_used, "train": train.model_dump(mode="json", exclude=set(SAMPLING_FIELDS))}
-    fingerprint = _fingerprint(
-        {"params": weight_params, "manifest": manifest_hash, "init": file_sha256(init_dir / EMA_FILE) if stage == 2 else None}
-    )
-    resume_from = _resume_path(ckpt_dir, fingerprint, resume) if rank == 0 else None
-    if rank != 0 and resume and (ckpt_dir / RESUME_CHECKPOINT).is_file():
-        resume_from = ckpt_dir / RESUME_CHECKPOINT
 
+
+def _resume_from(
+    stage: int,
+    train: TrainConfig,
+    params_used: dict[str, Any],
+    manifest_hash: str,
+    dirs: _StageDirs,
+    resume: bool,
+    rank: int,
+) -> Path | None:
+    """``last.ckpt`` when it was written with the same settings, else ``None`` (rank 0 then clears the folder).
+
+    The fingerprint covers the settings that change the weights (not :data:`SAMPLING_FIELDS`), the manifest
+    and (stage 2) the stage-1 EMA weights. Worker processes take ``last.ckpt`` when rank 0 kept it.
+    """
+    weight_params = {**params_used, "train": train.model_dump(mode="json", exclude=set(SAMPLING_FIELDS))}
+    init_hash = file_sha256(dirs.init / EMA_FILE) if stage == 2 else None
+    fingerprint = _fingerprint({"params": weight_params, "manifest": manifest_hash, "init": init_hash})
+    if rank == 0:
+        return _resume_path(dirs.checkpoints, fingerprint, resume)
+    last = dirs.checkpoints / RESUME_CHECKPOINT
+    return last if resume and last.is_file() else None
+
+
+def _build_system(
+    stage: int,
+    transformer: torch.nn.Module,
+    datamodule: ShardDataModule,
+    train: TrainConfig,
+    stage_cfg: TrainStage1Config | TrainStage2Config,
+    ckpt_dir: Path,
+) -> HumoSystem:
+    """The Lightning module of the stage (stage 2 adds the task mix and the mask loss)."""
     stage2 = stage_cfg if isinstance(stage_cfg, TrainStage2Config) else None
-    system = HumoSystem(
+    return HumoSystem(
         transformer,
         stage=stage,
         null_text_embeds=datamodule.null_text_embeds(),
@@ -306,118 +461,36 @@ def run(
         stage1_scope=stage_cfg.trainable if isinstance(stage_cfg, TrainStage1Config) else "self_attention",
     )
 
-    # 3. tracking: rank 0 opens the MLflow run; worker processes inherit its id through the environment
+
+def _tracking_context(
+    stage: int,
+    tracking: TrackingConfig,
+    params_used: dict[str, Any],
+    transformer_cfg: HumoDiTConfig,
+    resumed: bool,
+    rank: int,
+) -> contextlib.AbstractContextManager[Any]:
+    """Rank 0: the stage's MLflow run (resolved config as params); worker processes: a null context."""
     from humo.tracking import mlflow_run
 
-    run_name = f"train_stage{stage}"
-    mlflow_params = {**params_used, "transformer": transformer_cfg.model_dump(mode="json")}
-    context = (
-        mlflow_run(
-            tracking,
-            run_name,
-            params=mlflow_params,
-            tags={"humo.resumed": str(resume_from is not None)},
-            log_system_metrics=True,
-        )
-        if rank == 0
-        else contextlib.nullcontext(None)
-    )
-    start = time.perf_counter()
-    with context as active:
-        run_id = active.info.run_id if active is not None else os.environ.get(RUN_ID_ENV)
-        if active is not None:
-            os.environ[RUN_ID_ENV] = run_id
-        sampler = _sampler(stage, train, shard_index, manifest_path, root, artifacts, paths, tracking, run_id)
-        result = _fit(stage, system, datamodule, train, stage_cfg, tracking, run_id, ckpt_dir, resume_from, sampler)
-        sharding = parameter_sharding(system.transformer)
-        raw, ema = system.full_state_dicts()  # a collective under FSDP: every rank
-        seconds = time.perf_counter() - start
-        if rank == 0:
-            metrics = {k: float(v) for k, v in result["trainer"].callback_metrics.items() if v.numel() == 1}
-            history = result["history"].val_history
-            config = {
-                "stage": stage,
-                "preset": model.preset,
-                "transformer": transformer_cfg.model_dump(mode="json"),
-                "params": params_used,
-            }
-            run_info = {
-                "run_id": run_id,
-                "checkpoint": str(out_dir),
-                "stage": stage,
-                "steps": stage_cfg.steps,
-                "seconds": round(seconds, 2),
-                "metrics": metrics,
-                "val_history": history,
-                "shards_manifest_sha256": manifest_hash,
-                "parameters": sharding,
-            }
-            save_trained(out_dir, raw, ema, config, run_info)
-            if active is not None:
-                import mlflow
-
-                mlflow.log_dict(run_info, "run.json")
-                if history:
-                    mlflow.log_metrics({"val/loss_first": history[0][1], "val/loss_last": history[-1][1]})
-            logger.info(
-                "stage %d: %d steps in %.1f s; validation loss %s; checkpoint %s",
-                stage, stage_cfg.steps, seconds,
-                " -> ".join(f"{v:.4f}" for _, v in history[:1] + history[-1:]), out_dir,
-            )
-    return TrainResult(
-        stage=stage,
-        out_dir=out_dir,
-        run_id=run_id,
-        steps=stage_cfg.steps,
-        seconds=seconds,
-        metrics=metrics if rank == 0 else {},
-        val_history=result["history"].val_history,
+    if rank != 0:
+        return contextlib.nullcontext(None)
+    return mlflow_run(
+        tracking,
+        f"train_stage{stage}",
+        params={**params_used, "transformer": transformer_cfg.model_dump(mode="json")},
+        tags={"humo.resumed": str(resumed)},
+        log_system_metrics=True,
     )
 
 
-def _sampler(
-    stage: int,
-    train: TrainConfig,
-    shard_index: ShardIndex,
-    manifest_path: Path,
-    root: Path,
-    artifacts: Path,
-    paths: PathsConfig,
-    tracking: TrackingConfig,
-    run_id: str | None,
-) -> L.Callback | None:
-    """The sample-video callback when ``train.sample_every_n_steps > 0`` and training runs in one process.
-
-    The encoders are the ones the shards were made with (``index.json`` provenance; defaults when absent), so
-    the text and audio widths fit the model; solver and guidance are :class:`~humo.config.GenerateConfig`'s
-    defaults (the training stages do not read the ``generate`` section).
-    """
-    if train.sample_every_n_steps == 0:
-        return None
-    if train.strategy != "single":
-        logger.info(
-            "sample videos are skipped with train.strategy=%s (single-process training only)", train.strategy
-        )
-        return None
-    from humo.training.samples import SampleVideos
-
-    recorded = shard_index.provenance.get("encoders")
-    if recorded is None:
-        logger.info("the shard index records no encoders: sample videos use the default encoders")
-    encoders = EncodersConfig.model_validate(recorded) if recorded is not None else EncodersConfig()
-    return SampleVideos(
-        every_n_steps=train.sample_every_n_steps,
-        stage=stage,
-        manifest_path=manifest_path,
-        project_root=root,
-        num_samples=train.num_samples,
-        num_inference_steps=train.sample_steps,
-        encoders=encoders,
-        paths=paths.model_copy(update={"artifacts": artifacts}),
-        run_id=run_id,
-        tracking_uri=tracking.uri,
-        seed=train.seed,
-    )
+def _share_run_id(active: Any) -> str | None:
+    """The MLflow run id: rank 0 publishes its run's id in :data:`RUN_ID_ENV`, the workers read it from there."""
+    if active is None:
+        return os.environ.get(RUN_ID_ENV)
+    run_id = active.info.run_id
+    os.environ[RUN_ID_ENV] = run_id
+    return run_id
 
 
 def _fit(
@@ -430,9 +503,9 @@ def _fit(
     run_id: str | None,
     ckpt_dir: Path,
     resume_from: Path | None,
-    sampler: L.Callback | None = None,
+    callbacks: Sequence[L.Callback] = (),
 ) -> dict[str, Any]:
-    """Build the Trainer and fit; returns the trainer and the history callback."""
+    """Build the Trainer (own callbacks, then ``callbacks``) and fit; returns the trainer and the history callback."""
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -459,7 +532,7 @@ def _fit(
         num_sanity_val_steps=0,
         log_every_n_steps=train.log_every_n_steps,
         logger=mlflow_logger,
-        callbacks=[history, checkpoint, LearningRateMonitor(logging_interval="step"), *([sampler] if sampler else [])],
+        callbacks=[history, checkpoint, LearningRateMonitor(logging_interval="step"), *callbacks],
         use_distributed_sampler=False,
         enable_model_summary=False,
         default_root_dir=ckpt_dir.parent,
@@ -478,3 +551,55 @@ def _fit(
             logger.error("stage %d stopped on a non-finite loss; see the checkpoint in %s", stage, ckpt_dir)
             raise
     return {"trainer": trainer, "history": history}
+
+
+def _write_outputs(
+    stage: int,
+    stage_cfg: TrainStage1Config | TrainStage2Config,
+    model: ModelConfig,
+    out_dir: Path,
+    inputs: _Inputs,
+    params_used: dict[str, Any],
+    *,
+    run_id: str | None,
+    seconds: float,
+    fit: dict[str, Any],
+    sharding: dict[str, Any],
+    weights: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+    tracked: bool,
+) -> dict[str, float]:
+    """Write the checkpoint folder (contract 3); inside an MLflow run also log ``run.json`` and the first and
+    last validation loss. Returns the final scalar metrics."""
+    metrics = {k: float(v) for k, v in fit["trainer"].callback_metrics.items() if v.numel() == 1}
+    history = fit["history"].val_history
+    config = {
+        "stage": stage,
+        "preset": model.preset,
+        "transformer": inputs.transformer_cfg.model_dump(mode="json"),
+        "params": params_used,
+    }
+    run_info = {
+        "run_id": run_id,
+        "checkpoint": str(out_dir),
+        "stage": stage,
+        "steps": stage_cfg.steps,
+        "seconds": round(seconds, 2),
+        "metrics": metrics,
+        "val_history": history,
+        "shards_manifest_sha256": inputs.manifest_sha256,
+        "parameters": sharding,
+    }
+    raw, ema = weights
+    save_trained(out_dir, raw, ema, config, run_info)
+    if tracked:
+        import mlflow
+
+        mlflow.log_dict(run_info, "run.json")
+        if history:
+            mlflow.log_metrics({"val/loss_first": history[0][1], "val/loss_last": history[-1][1]})
+    logger.info(
+        "stage %d: %d steps in %.1f s; validation loss %s; checkpoint %s",
+        stage, stage_cfg.steps, seconds,
+        " -> ".join(f"{v:.4f}" for _, v in history[:1] + history[-1:]), out_dir,
+    )
+    return metrics

@@ -9,16 +9,18 @@
    shards were made with and the trained tiny VAE; when the VAE folder (or anything else) is missing, log one
    warning and switch sampling off for the run: sampling never stops training;
 2. load the EMA weights (``HumoSystem.full_state_dicts``; the raw weights before the EMA exists) into the copy;
-3. generate each request with a fixed seed, ``train.sample_steps`` solver steps and the default guidance of
-   :class:`~humo.config.GenerateConfig`, in mode TIA for stage 2 and TI for stage 1 (a stage-1 model never
-   heard audio), and write ``step_{N:06d}_{clip}.mp4`` with the clip's audio muxed;
+3. generate each request through :func:`humo.inference.generate.generate` with a fixed seed,
+   ``train.sample_steps`` solver steps and the default guidance of :class:`~humo.config.GenerateConfig`, in mode
+   TIA for stage 2 and TI for stage 1 (a stage-1 model never heard audio), and write ``step_{N:06d}_{clip}.mp4``
+   with the clip's audio muxed;
 4. write ``step_{N:06d}_mouth.png``: per request, the mouth opening measured in the sample
    (:func:`humo.evaluation.probes.mouth_opening` over the union of the clip's mouth regions), the ground-truth
    clip's, and the audio envelope per frame; the mean Pearson correlation of sample mouth and envelope is logged
    as the metric ``samples/mouth_envelope_corr``;
 5. log the files as artifacts under ``samples/`` of the stage's MLflow run.
 
-Sampling does not change training: it runs under ``torch.no_grad`` on a separate model copy in eval mode, and
+The training stage does not import this module: the CLI builds the callback (:func:`sample_callback`) and hands
+it to :func:`humo.training.train.run`. Sampling does not change training: it runs under ``torch.no_grad`` on a separate model copy in eval mode, and
 the torch, numpy and Python random states are saved before and restored after it, so a run with sampling ends
 with bitwise the same weights as one without.
 """
@@ -39,15 +41,14 @@ import lightning as L
 import numpy as np
 import torch
 
-from humo.config import EncodersConfig, GenerateConfig, PathsConfig
+from humo.config import EncodersConfig, GenerateConfig, PathsConfig, RequestLimitsConfig, TrackingConfig, TrainConfig
 from humo.constants import AUDIO_SAMPLE_RATE
+from humo.inference.pipeline import SIZE_MULTIPLE
 
 logger = logging.getLogger(__name__)
 
 HELDOUT_SPLITS = ("heldout", "validation", "val", "test")
 """Manifest splits the requests are taken from, in order of preference (any split when none has clips)."""
-SIZE_MULTIPLE = 16
-"""Generated sizes are multiples of this (VAE 8x, patch 2x); clip sizes are rounded down to it."""
 MOUTH_MARGIN_PX = 1.0
 """Margin around the union of a clip's mouth regions for the mouth-opening probe."""
 ARTIFACT_DIR = "samples"
@@ -232,10 +233,12 @@ class SampleVideos(L.Callback):
         num_inference_steps: solver steps per sample.
         encoders: the encoders the shards were made with (text and audio widths must fit the model).
         paths: ``artifacts`` (absolute) holds ``train_vae/vae`` for the tiny VAE.
-        run_id: the MLflow run the artifacts go to (None: files are written and logged nowhere).
+        run_id: the MLflow run the artifacts go to; None: the training's (its MLflow logger's run, read at setup).
         tracking_uri: the MLflow store.
         generate: solver, shift and guidance (default: :class:`~humo.config.GenerateConfig`'s).
         seed: request ``i`` starts from the noise of seed ``seed + i``.
+        limits: what a request may ask for (default: :class:`~humo.config.RequestLimitsConfig`'s; the samples
+            are sized from the clips).
     """
 
     def __init__(
@@ -252,6 +255,7 @@ class SampleVideos(L.Callback):
         tracking_uri: str | None,
         generate: GenerateConfig | None = None,
         seed: int = SAMPLE_SEED,
+        limits: RequestLimitsConfig | None = None,
     ) -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}; leave the callback out to switch off")
@@ -268,6 +272,7 @@ class SampleVideos(L.Callback):
         self.run_id = run_id
         self.tracking_uri = tracking_uri
         self.generate = generate or GenerateConfig(progress_bar=False)
+        self.limits = limits or RequestLimitsConfig()
         self.seed = seed
         self.disabled = False
         self.logged: list[str] = []
@@ -279,6 +284,10 @@ class SampleVideos(L.Callback):
     # ------------------------------------------------------------------------------------------------
     # Lightning hooks
     # ------------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.run_id is None:
+            self.run_id = getattr(trainer.logger, "run_id", None)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -317,10 +326,10 @@ class SampleVideos(L.Callback):
         """Pick the requests and build the pipeline once; False (sampling off, one warning) when impossible."""
         if self._pipe is not None:
             return True
-        from humo.inference.batch import build_pipeline
+        from humo.inference.generate import build_pipeline
         from humo.models.transformer import HumoTransformer3D
 
-        vae_dir = self.paths.artifacts / "train_vae" / "vae"
+        vae_dir = self.paths.vae_dir
         tiny_default = self.encoders.vae.kind == "tiny" and self.encoders.vae.path is None
         if tiny_default and not (vae_dir / "config.json").is_file():
             logger.warning(
@@ -334,7 +343,7 @@ class SampleVideos(L.Callback):
                 self.manifest_path, self.project_root, self.num_samples, self.generate.max_frames
             )
             transformer = HumoTransformer3D.from_preset(system.transformer.humo_config)
-            self._pipe = build_pipeline(transformer.eval(), self.generate, self.encoders, self.paths)
+            self._pipe = build_pipeline(transformer.eval(), self.generate, self.encoders, vae_dir)
         except Exception as err:  # noqa: BLE001 - sampling is optional; training goes on without it
             logger.warning("sample videos are off: %s: %s", type(err).__name__, err)
             self.disabled = True
@@ -350,29 +359,21 @@ class SampleVideos(L.Callback):
         from humo.data.media import write_video
         from humo.data.sync import audio_envelope
         from humo.evaluation.probes import mouth_opening
-        from humo.inference.batch import guidance_for
+        from humo.inference.generate import GenerationRequest, generate
 
         _, ema = system.full_state_dicts()  # EMA in place of the trained weights (raw ones before the EMA exists)
         transformer = self._pipe.transformer
         transformer.load_state_dict(ema, strict=True)
         transformer.eval()
-        guidance = guidance_for(self.generate, self.mode)
         files, rows = [], []
         for index, request in enumerate(self._requests or []):
-            output = self._pipe(
-                request.prompt,
-                image=request.image,
-                audio=request.audio if "A" in self.mode else None,
-                mode=self.mode,
-                height=request.height,
+            asked = GenerationRequest(
+                id=request.clip_id, prompt=request.prompt, mode=self.mode, image=request.image,
+                audio=request.audio if "A" in self.mode else None, seed=self.seed + index,
+                steps=self.num_inference_steps, num_frames=request.num_frames, height=request.height,
                 width=request.width,
-                num_frames=request.num_frames,
-                num_inference_steps=self.num_inference_steps,
-                guidance=guidance,
-                generator=torch.Generator().manual_seed(self.seed + index),
-                output_type="np",
-                progress=False,
             )
+            output = generate(self._pipe, asked, self.generate, self.limits, output_type="np", progress=False).output
             frames = output.frames
             samples = int(round(len(frames) / request.fps * AUDIO_SAMPLE_RATE))
             audio = np.pad(request.audio, (0, max(0, samples - len(request.audio))))[:samples]
@@ -401,3 +402,34 @@ class SampleVideos(L.Callback):
             self.logged.append(f"{ARTIFACT_DIR}/{path.name}")
         if np.isfinite(corr):
             client.log_metric(self.run_id, "samples/mouth_envelope_corr", corr, step=step)
+
+
+def sample_callback(
+    stage: int, train: TrainConfig, tracking: TrackingConfig, paths: PathsConfig, root: Path = Path(".")
+) -> SampleVideos:
+    """The sample-video callback for a training stage, as the CLI hands it to :func:`humo.training.train.run`.
+
+    The encoders are the ones the shards were made with (``index.json`` provenance; defaults when absent), so the
+    text and audio widths fit the model; solver and guidance are :class:`~humo.config.GenerateConfig`'s defaults
+    (the training stages do not read the ``generate`` section). The MLflow run is the training's own.
+    """
+    from humo.features.shards import ShardIndex
+
+    artifacts = paths.artifacts if paths.artifacts.is_absolute() else root / paths.artifacts
+    local = paths.model_copy(update={"artifacts": artifacts})
+    recorded = ShardIndex.load(local.features_dir).provenance.get("encoders") if local.features_dir.is_dir() else None
+    if recorded is None:
+        logger.info("the shard index records no encoders: sample videos use the default encoders")
+    return SampleVideos(
+        every_n_steps=train.sample_every_n_steps,
+        stage=stage,
+        manifest_path=local.manifest,
+        project_root=root,
+        num_samples=train.num_samples,
+        num_inference_steps=train.sample_steps,
+        encoders=EncodersConfig.model_validate(recorded) if recorded is not None else EncodersConfig(),
+        paths=local,
+        run_id=None,
+        tracking_uri=tracking.uri,
+        seed=train.seed,
+    )
