@@ -384,10 +384,9 @@ class LongVideoConfig(Section):
 
 
 class GenerateConfig(Section):
-    """Sampling (``humo generate``, the batch-inference flow and evaluation): solver, guidance, sizes, lengths."""
+    """Sampling (``humo generate``, serving, evaluation, samples): solver, guidance, sizes, lengths. A request's mode
+    is its own or follows its inputs (T, plus I with an image, plus A with audio)."""
 
-    mode: Literal["T", "TI", "TA", "TIA"] = "TIA"
-    """Default mode of a request (a request may override it): text, + image, + audio."""
     solver: Literal["unipc", "euler"] = "unipc"
     """``unipc``: diffusers UniPC configured as upstream's flow UniPC (order 2, bh2); ``euler``: flow Euler."""
     steps: int = Field(50, ge=1, le=1000)
@@ -711,6 +710,16 @@ class Params(Section):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     registry: RegistryConfig = RegistryConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Params:
+        side = self.limits.max_video_side
+        if max(self.generate.height, self.generate.width) > side:
+            raise ValueError(
+                f"generate.height x width = {self.generate.height}x{self.generate.width} is over limits.max_video_side"
+                f"={side}: every request left at the default would be refused; lower the size or raise the limit"
+            )
+        return self
 
 
 # =====================================================================================================

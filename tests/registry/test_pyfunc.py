@@ -80,3 +80,26 @@ def test_predict_refuses_bad_requests_with_invalid_parameter_value(tmp_path: Pat
             model.predict(None, request)
         assert caught.value.error_code == "INVALID_PARAMETER_VALUE" and caught.value.get_http_status_code() == 400
         assert caught.value.message.startswith(f"{field}: ")
+
+
+def test_a_failure_inside_generation_is_a_server_error_not_the_clients(
+    registry_params: Params, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    import humo.registry.pyfunc as pyfunc
+    from humo.models.presets import get_preset
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("The size of tensor a (4) must match the size of tensor b (3)")
+
+    monkeypatch.setattr(pyfunc, "generate_one", broken)
+    model = HumoPyfuncModel()
+    model.pipeline = SimpleNamespace(transformer=SimpleNamespace(humo_config=get_preset("tiny")))
+    model.info, model.generate, model.limits = {}, registry_params.generate, registry_params.limits
+    with pytest.raises(MlflowException) as caught:
+        model.predict(None, {"prompt": "x", "mode": "T", "steps": 2})
+    assert caught.value.error_code == "INTERNAL_ERROR" and caught.value.get_http_status_code() == 500
+    assert "generation failed: RuntimeError" in caught.value.message

@@ -25,8 +25,9 @@ UPSTREAM_SCALES: dict[str, dict[str, float]] = {
     "humo-17b": {"text": 5.0, "image": 4.0, "audio": 5.5},
     "humo-1.7b": {"text": 7.0, "image": 4.0, "audio": 7.5},
 }
-"""Upstream's guidance scales per form (humo-reference.md 2.3): 17B ``generate.yaml`` / ``infer_tia.sh`` s_t 5.0,
-s_a 5.5 (s_i unused by that form); 1.7B ``infer_tia_1_7B.sh`` s_t 7.0 (its yaml says 7.5), s_i 4.0, s_a 7.5."""
+"""Upstream's guidance scales per form (humo-reference.md 2.3): 17B ``generate.yaml`` / ``infer_t(i)a.sh`` s_t 5.0,
+s_a 5.5 (s_i unused by that form); 1.7B ``*_1_7B.sh`` scripts s_t 7.0 (``generate_1_7B.yaml`` says 7.5), s_i 4.0,
+s_a 7.5."""
 
 
 def guidance_ta(
