@@ -337,6 +337,8 @@ class HumoPyfuncModel(mlflow.pyfunc.PythonModel):
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         try:
             rows = [generate_one(self.pipeline, request, self.generate, self.limits, self.info) for request in requests]
+        except InvalidRequestError as err:  # refused by the core's own checks: still the client's input
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         except (RuntimeError, ValueError, OSError) as err:
             # not the client's fault: a server error (HTTP 500), logged with its traceback, and the server stays up
             logger.exception("generation failed")
