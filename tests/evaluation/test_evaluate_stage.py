@@ -86,7 +86,9 @@ def test_evaluate_stage_writes_metrics_gate_report_and_logs_to_the_training_run(
     )
     build_tiny_vae(TINY_VAE_BASE_DIM).save_pretrained(project.paths.artifacts / "train_vae" / "vae")
 
-    decision = evaluate.run(project.evaluate, project.generate, project.encoders, project.paths, project.tracking)
+    decision = evaluate.run(
+        project.evaluate, project.generate, project.limits, project.encoders, project.paths, project.tracking
+    )
 
     out = project.paths.reports / "evaluate"
     document = json.loads((out / "metrics.json").read_text())
@@ -145,8 +147,8 @@ def test_ablation_table_has_every_variant_and_checks_the_expectations(project) -
     build_tiny_vae(TINY_VAE_BASE_DIM).save_pretrained(artifacts / "train_vae" / "vae")
 
     document = ablation.run(
-        project.evaluate, project.generate, project.encoders, project.train, project.train_stage2, project.model,
-        project.tracking, project.paths,
+        project.evaluate, project.generate, project.limits, project.encoders, project.train, project.train_stage2,
+        project.model, project.tracking, project.paths,
     )
 
     assert list(document["rows"]) == [variant.name for variant in ablation.variants()]

@@ -149,6 +149,6 @@ def test_register_and_load_by_alias_on_postgres(
         model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
         output = model.predict(input_example(cfg.generate))
         assert base64.b64decode(output["video"][0])[4:8] == b"ftyp"
-        assert json.loads(output["sidecar"][0])["model"]["training_run_id"] == "run-pg"
+        assert json.loads(output["sidecar"][0])["model"]["version"] == "run-pg"  # the training run it comes from
     finally:
         mlflow.set_tracking_uri(previous)
