@@ -313,7 +313,7 @@ def evaluate_real(
     import json
 
     p = _load(params, overrides)
-    from humo.evaluation.real import evaluate_real_video
+    from humo.evaluation.real import describe, evaluate_real_video
 
     try:
         figures = evaluate_real_video(video, audio, p.evaluate.real_shift_frames, p.evaluate.real_max_offset)
@@ -323,13 +323,7 @@ def evaluate_real(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n", encoding="utf-8")
-    own, shifted = figures["own_audio"], figures["shifted_audio"]
-    logger.info(
-        "%s: face presence %.2f; sync as played: own audio %.3f (offset %+d), audio shifted by %d frames %.3f "
-        "(offset %+d); no-sync baseline p95 %.3f",
-        video.name, figures["face_presence"], own["sync_confidence_at_zero"], own["sync_offset"],
-        figures["shift_frames"], shifted["sync_confidence_at_zero"], shifted["sync_offset"], figures["null"]["p95"],
-    )
+    logger.info("%s", describe(figures))
 
 
 @app.command()

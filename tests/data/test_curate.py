@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile
 
 from humo.config import CurateConfig, PathsConfig
 from humo.constants import SAMPLES_PER_VIDEO_FRAME
@@ -256,6 +258,16 @@ def test_bad_inputs_become_rejects_with_clear_reasons(tmp_path: Path) -> None:
     write_video(raw / "bad_caption.mp4", _noise_video(rng, 40), 25.0, _speechy_audio(rng, 40))
     (raw / "bad_caption.txt").write_bytes(b"caf\xe9 au lait")
     write_video(raw / "no_face.mp4", _noise_video(rng, 40), 25.0, _speechy_audio(rng, 40))
+    # entries a scan meets that cannot be sources: each must end in the rejects, not vanish
+    (raw / "gone.mp4").symlink_to(raw / "nowhere.mp4")
+    (raw / "loop.mp4").symlink_to(raw / "loop.mp4")
+    (raw / "folder.mp4").mkdir()
+    with open(os.path.join(os.fsencode(raw), b"bad\xffname.mp4"), "wb") as handle:
+        handle.write(b"x")
+    write_video(raw / "nan_audio.mp4", _noise_video(rng, 40), 25.0, _speechy_audio(rng, 40))
+    audio = _speechy_audio(rng, 40).astype(np.float32)
+    audio[100] = np.nan
+    soundfile.write(str(raw / "nan_audio.wav"), audio, 16_000, subtype="FLOAT")
 
     summary, manifest, rejects = _run(tmp_path, source_format="folder", source_dir=raw)
     reasons = {Path(r["source"]).stem: r["reason"] for r in rejects if r["clip"] is None}
@@ -270,11 +282,16 @@ def test_bad_inputs_become_rejects_with_clear_reasons(tmp_path: Path) -> None:
         "short": "too_short",
         "bad_caption": "caption_invalid_utf8",
         "no_face": "no_usable_clip",
+        "gone": "dangling_link",
+        "loop": "link_loop",
+        "folder": "not_a_file",
+        "bad\udcffname": "unreadable_name",
+        "nan_audio": "audio_not_finite",
     }
     details = {Path(r["source"]).stem: r["detail"] for r in rejects if r["clip"] is None}
     assert "0 bytes" in details["empty"] and "8x8" in details["tiny"] and "20 frame(s)" in details["short"]
     assert "no_face=1" in details["no_face"]
-    assert summary.sources == 10 and summary.clips == 0 and len(manifest) == 0
+    assert summary.sources == 15 and summary.clips == 0 and len(manifest) == 0
 
 
 def test_hardlinked_clips_and_the_accounting_check(synthtalk_small: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from humo.evaluation.real import evaluate_real_video
+from humo.evaluation.real import describe, evaluate_real_video, null_summary
 
 MAX_OFFSET = 15
 SHIFT = 8
@@ -34,3 +34,17 @@ def test_real_video_figures(real_data) -> None:
     null = figures["null"]
     assert null["p95"] >= null["mean"] and 0.0 <= null["own_audio_percentile"] <= 100.0
     assert figures["provenance"] == "proxy"
+
+
+def test_a_baseline_that_cannot_be_computed_is_null_with_a_note_not_zeros() -> None:
+    short = null_summary(None, 0.4, 4.2)
+    assert short["mean"] is None and short["p95"] is None and short["own_audio_percentile"] is None
+    assert "4.2 s" in short["note"] and "6 s" in short["note"]
+    measured = null_summary(np.array([0.1, 0.2, 0.3, 0.9]), 0.5, 22.0)
+    assert measured["p95"] > measured["mean"] and measured["own_audio_percentile"] == 75.0 and "note" not in measured
+    figures = {
+        "video": "/x/clip.mp4", "face_presence": 1.0, "shift_frames": 8, "null": short,
+        "own_audio": {"sync_confidence_at_zero": 0.4, "sync_offset": 0},
+        "shifted_audio": {"sync_confidence_at_zero": 0.1, "sync_offset": 8},
+    }
+    assert "baseline p95 not computed (clip too short)" in describe(figures)

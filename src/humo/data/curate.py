@@ -114,6 +114,8 @@ def process_source(item: SourceItem, cfg: CurateConfig, out_dir: Path, project_r
     source = portable_path(item.video, project_root)
     result = SourceResult(source=source)
     try:
+        if item.problem is not None:
+            raise SourceRejected(*item.problem)
         _curate(item, cfg, out_dir, project_root, result)
     except SourceRejected as err:
         result.rejects.append(_reject(source, None, err.reason, err.detail))
@@ -139,10 +141,15 @@ def _source_audio(item: SourceItem, num_frames: int, fps: float) -> np.ndarray:
     """The source's audio at 16 kHz, fitted to ``num_frames / fps`` seconds."""
     if item.audio is None and not has_audio_stream(item.video):
         raise SourceRejected("no_audio", f"{item.video.name} has no audio stream and no sidecar audio file")
+    from librosa.util.exceptions import ParameterError
+
     try:
         audio = read_audio(item.audio if item.audio is not None else item.video, AUDIO_SAMPLE_RATE)
     except MediaError as err:
         raise SourceRejected("audio_unreadable", str(err)) from None
+    except ParameterError as err:  # librosa refuses to resample non-finite samples
+        reason = "audio_not_finite" if "finite" in str(err) else "audio_unreadable"
+        raise SourceRejected(reason, f"{err}") from None
     return fit_audio_to_frames(audio, num_frames, fps, AUDIO_SAMPLE_RATE)
 
 
@@ -334,6 +341,9 @@ def _probe_checked(item: SourceItem, cfg: CurateConfig, result: SourceResult) ->
 def _checked_audio(item: SourceItem, cfg: CurateConfig, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """The source's audio and its per-frame RMS; a silent source is rejected."""
     audio = _source_audio(item, num_frames, cfg.fps)
+    if not np.all(np.isfinite(audio)):
+        bad = int(np.count_nonzero(~np.isfinite(audio)))
+        raise SourceRejected("audio_not_finite", f"{bad} of {audio.size} audio samples are NaN or infinite")
     rms = speech.frame_rms(audio, num_frames, fps=cfg.fps)
     if speech.is_silent(rms, cfg.silence_rms):
         raise SourceRejected("silent_audio", f"loudest frame RMS {rms.max():.2e} < silence_rms {cfg.silence_rms:g}")

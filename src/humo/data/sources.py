@@ -11,11 +11,15 @@ Readers (``curate.source_format``):
   and the real HuMoSet are read this way; paths in the parquet are relative to the folder.
 * ``folder``: any folder of videos (every container decord reads) with optional sidecars of the same stem:
   ``name.txt`` (caption, UTF-8) and ``name.wav``/``name.mp3``/... (audio used instead of the container's).
+  Every entry named like a video, and every link, becomes a source: one that cannot be one (a dangling or
+  looping link, a folder named like a video, a name that is not valid UTF-8) carries its :attr:`SourceItem.problem`
+  and ends in the rejects with that reason, never silently out of both the manifest and the rejects.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,8 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 """File endings the folder reader treats as videos."""
 SIDECAR_AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".m4a", ".ogg")
+SIDECAR_SUFFIXES = (*SIDECAR_AUDIO_SUFFIXES, ".txt")
+"""Files read as a video's sidecars (never sources themselves)."""
 HUMOSET_CAPTIONS = "video_caption.parquet"
 HUMOSET_REQUIRED_COLUMNS = ("video_id", "video")
 SYNTHETIC_MARKERS = ("synthtalk.json",)
@@ -46,6 +52,8 @@ class SourceItem:
         identity_id: the person's identity, if known.
         split: ``train`` or ``heldout`` when the dataset says so.
         synthetic: whether the dataset is procedurally generated.
+        problem: ``(reason, detail)`` when the scan already knows this entry cannot be a source (curation
+            rejects it with that reason without opening it).
     """
 
     source_id: str
@@ -58,6 +66,7 @@ class SourceItem:
     identity_id: str | None = None
     split: str | None = None
     synthetic: bool = False
+    problem: tuple[str, str] | None = None
 
 
 def _optional(value: object) -> str | None:
@@ -116,8 +125,34 @@ def read_humoset(root: str | Path) -> list[SourceItem]:
     return sorted(items, key=lambda item: item.source_id)
 
 
+def _entry_problem(entry: Path) -> tuple[str, str] | None:
+    """Why a folder entry named like a video (or any link) cannot be a source, or None when it is a video file."""
+    try:
+        entry.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "unreadable_name", f"the file name {entry.name!r} is not valid UTF-8; rename it"
+    if entry.is_symlink():
+        try:
+            target = entry.resolve(strict=True)
+        except FileNotFoundError:
+            return "dangling_link", f"{entry.name} links to {os.readlink(entry)}, which does not exist"
+        except (RuntimeError, OSError) as err:  # RuntimeError on Python < 3.13, OSError (ELOOP) after
+            return "link_loop", f"{entry.name} is a link that loops ({err})"
+        if not target.is_file():
+            return "not_a_file", f"{entry.name} links to {target}, which is not a file"
+        return None
+    if entry.is_dir():
+        return "not_a_file", f"{entry.name} is a folder named like a video; folders are not read (not recursive)"
+    if not entry.is_file():
+        return "not_a_file", f"{entry.name} is not a regular file"
+    return None
+
+
 def read_folder(root: str | Path) -> list[SourceItem]:
     """Read a plain folder of videos (not recursive) with optional sidecar captions and audio.
+
+    Every entry with a video suffix and every link to one becomes an item; those that cannot be videos carry
+    their ``problem`` (see the module docstring).
 
     Raises:
         FileNotFoundError: ``root`` is not a folder.
@@ -125,10 +160,13 @@ def read_folder(root: str | Path) -> list[SourceItem]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"source folder {root} not found; set curate.source_dir or paths.raw")
-    videos = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-    stems = Counter(p.stem for p in videos)
+    entries = sorted(
+        p for p in root.iterdir()
+        if p.suffix.lower() in VIDEO_SUFFIXES or (p.is_symlink() and p.suffix.lower() not in SIDECAR_SUFFIXES)
+    )
+    stems = Counter(p.stem for p in entries)
     items = []
-    for video in videos:
+    for video in entries:
         audio = next(
             (video.with_suffix(s) for s in SIDECAR_AUDIO_SUFFIXES if video.with_suffix(s).is_file()), None
         )
@@ -140,6 +178,7 @@ def read_folder(root: str | Path) -> list[SourceItem]:
                 video=video,
                 audio=audio,
                 caption_file=caption_file if caption_file.is_file() else None,
+                problem=_entry_problem(video),
             )
         )
     return items

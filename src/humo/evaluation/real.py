@@ -55,11 +55,12 @@ def _downscale(frames: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 
 def _null_confidences(
     frames: np.ndarray, boxes: np.ndarray, audio: np.ndarray, fps: float, sample_rate: int, max_offset: int
-) -> np.ndarray:
-    """``sync_confidence_at_zero`` for the audio rolled by evenly spread shifts of at least 2 s: the no-sync baseline."""
+) -> np.ndarray | None:
+    """``sync_confidence_at_zero`` for the audio rolled by evenly spread shifts of at least 2 s: the no-sync
+    baseline; None when the clip is shorter than ``3 * NULL_MIN_SHIFT_S`` (no shift is far enough from both ends)."""
     duration = len(audio) / sample_rate
     if duration < 3 * NULL_MIN_SHIFT_S:
-        return np.zeros(1)
+        return None
     shifts = np.linspace(NULL_MIN_SHIFT_S, duration - NULL_MIN_SHIFT_S, NULL_SHIFTS)
     values = []
     for shift in shifts:
@@ -67,6 +68,36 @@ def _null_confidences(
         estimate = metrics.sync_motion(frames, boxes, rolled, fps, sample_rate, max_offset)
         values.append(metrics.sync_figures(estimate)["sync_confidence_at_zero"])
     return np.asarray(values)
+
+
+def null_summary(null: np.ndarray | None, own_confidence: float, duration_s: float) -> dict[str, Any]:
+    """The no-sync baseline as reported: mean, p95 and the own audio's percentile, or nulls with a note saying
+    why it could not be computed (never zeros, which would read as a measured baseline)."""
+    what = f"sync_confidence_at_zero with the audio rolled by {NULL_SHIFTS} shifts >= {NULL_MIN_SHIFT_S} s"
+    if null is None:
+        return {
+            "what": what, "mean": None, "p95": None, "own_audio_percentile": None,
+            "note": f"not computed: the clip is {duration_s:.1f} s, the baseline needs at least "
+                    f"{3 * NULL_MIN_SHIFT_S:.0f} s (shifts of {NULL_MIN_SHIFT_S} s or more from both ends)",
+        }
+    return {
+        "what": what,
+        "mean": float(np.mean(null)),
+        "p95": float(np.percentile(null, 95)),
+        "own_audio_percentile": float(np.mean(null < own_confidence) * 100),
+    }
+
+
+def describe(figures: dict[str, Any]) -> str:
+    """One log line of :func:`evaluate_real_video`'s figures."""
+    own, shifted, p95 = figures["own_audio"], figures["shifted_audio"], figures["null"]["p95"]
+    baseline = f"{p95:.3f}" if p95 is not None else "not computed (clip too short)"
+    return (
+        f"{Path(figures['video']).name}: face presence {figures['face_presence']:.2f}; sync as played: own audio "
+        f"{own['sync_confidence_at_zero']:.3f} (offset {own['sync_offset']:+d}), audio shifted by "
+        f"{figures['shift_frames']} frames {shifted['sync_confidence_at_zero']:.3f} (offset "
+        f"{shifted['sync_offset']:+d}); no-sync baseline p95 {baseline}"
+    )
 
 
 def evaluate_real_video(
@@ -91,7 +122,7 @@ def evaluate_real_video(
         A JSON-ready dict: ``video``, ``audio``, ``num_frames``, ``fps``, ``size``, ``analysis_scale``,
         ``own_audio`` and ``shifted_audio`` (sync figures, see :func:`metrics.sync_figures`, plus
         ``scores``), ``null`` (the same figure for audio rolled far out of place: what "no sync" scores on
-        this video, and the percentile of the own audio in it), ``shift_frames``, ``face_presence``, ``quality`` (incl. ``face_sharpness``),
+        this video, and the percentile of the own audio in it; nulls with a ``note`` for clips under 6 s), ``shift_frames``, ``face_presence``, ``quality`` (incl. ``face_sharpness``),
         ``provenance`` ("proxy") and ``seconds``.
 
     Raises:
@@ -132,12 +163,7 @@ def evaluate_real_video(
         "size": [width, height],
         "analysis_scale": scale,
         "own_audio": {**own_figures, "scores": np.round(own.scores, 4).tolist()},
-        "null": {
-            "what": f"sync_confidence_at_zero with the audio rolled by {NULL_SHIFTS} shifts >= {NULL_MIN_SHIFT_S} s",
-            "mean": float(np.mean(null)),
-            "p95": float(np.percentile(null, 95)),
-            "own_audio_percentile": float(np.mean(null < own_figures["sync_confidence_at_zero"]) * 100),
-        },
+        "null": null_summary(null, own_figures["sync_confidence_at_zero"], len(sound) / sample_rate),
         "shifted_audio": {**metrics.sync_figures(shifted), "scores": np.round(shifted.scores, 4).tolist()},
         "shift_frames": shift_frames,
         "max_offset": max_offset,
