@@ -483,7 +483,7 @@ class TrainConfig(Section):
     log_every_n_steps: int = Field(10, ge=1)
     sample_every_n_steps: int = Field(0, ge=0)
     """Render sample videos of fixed held-out requests every N steps (and at the end) as MLflow artifacts;
-    0 = off. Single-process training only (:mod:`humo.training.samples`)."""
+    0 = off. Single-process training only (:mod:`humo.evaluation.samples`, a callback the CLI passes to the stage)."""
     num_samples: int = Field(2, ge=1)
     """Sample requests per sampling step: the first held-out clips of the manifest by clip id."""
     sample_steps: int = Field(10, ge=1)
