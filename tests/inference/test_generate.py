@@ -106,3 +106,11 @@ def test_one_pipeline_under_threads_gives_the_videos_it_gives_one_by_one(pipelin
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
         together = list(pool.map(lambda item: run(item, "together"), enumerate(requests)))
     assert together == sequential and len(set(sequential)) == len(requests)
+
+
+def test_a_video_path_goes_with_an_mp4_only(pipeline, tmp_path) -> None:
+    request = GenerationRequest(prompt="a man talks", mode="T")
+    with pytest.raises(ValueError, match="only an mp4 is written"):
+        generate(pipeline, request, SETTINGS, LIMITS, output_type="np", video_path=tmp_path / "x.mp4")
+    with pytest.raises(ValueError, match="an mp4 needs a video_path"):
+        generate(pipeline, request, SETTINGS, LIMITS, output_type="mp4")

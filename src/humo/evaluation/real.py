@@ -122,7 +122,8 @@ def evaluate_real_video(
         A JSON-ready dict: ``video``, ``audio``, ``num_frames``, ``fps``, ``size``, ``analysis_scale``,
         ``own_audio`` and ``shifted_audio`` (sync figures, see :func:`metrics.sync_figures`, plus
         ``scores``), ``null`` (the same figure for audio rolled far out of place: what "no sync" scores on
-        this video, and the percentile of the own audio in it; nulls with a ``note`` for clips under 6 s), ``shift_frames``, ``face_presence``, ``quality`` (incl. ``face_sharpness``),
+        this video, and the percentile of the own audio in it; nulls with a ``note`` for clips
+        under 6 s), ``shift_frames``, ``face_presence``, ``quality`` (incl. ``face_sharpness``),
         ``provenance`` ("proxy") and ``seconds``.
 
     Raises:

@@ -20,8 +20,8 @@
 5. log the files as artifacts under ``samples/`` of the stage's MLflow run.
 
 The training stage does not import this module: the CLI builds the callback (:func:`sample_callback`) and hands
-it to :func:`humo.training.train.run`. Sampling does not change training: it runs under ``torch.no_grad`` on a separate model copy in eval mode, and
-the torch, numpy and Python random states are saved before and restored after it, so a run with sampling ends
+it to :func:`humo.training.train.run`. Sampling does not change training: it runs under ``torch.no_grad`` on a
+separate model copy in eval mode, and the torch, numpy and Python random states are saved before and restored after it, so a run with sampling ends
 with bitwise the same weights as one without.
 """
 

@@ -466,7 +466,8 @@ def _check_text(request: GenerationRequest, limits: RequestLimitsConfig) -> None
 def _check_mode(request: GenerationRequest, limits: RequestLimitsConfig) -> str:
     mode = request.mode or HumoPipeline.infer_mode(request.image, request.audio)
     if mode not in limits.allowed_modes:
-        raise InvalidRequestError("mode", f"mode {mode!r} is not served here; allowed: {', '.join(limits.allowed_modes)}")
+        allowed = ", ".join(limits.allowed_modes)
+        raise InvalidRequestError("mode", f"mode {mode!r} is not served here; allowed: {allowed}")
     if "I" in mode and request.image is None:
         raise InvalidRequestError("image", f"mode {mode!r} needs a reference image; add one or use mode "
                                            f"{mode.replace('I', '')!r}")
@@ -625,8 +626,9 @@ def generate(
         InvalidRequestError: the request is refused (nothing was generated).
     """
     plan = plan_request(request, settings, limits, pipeline.transformer.humo_config)
-    if output_type == "mp4" and video_path is None:
-        raise ValueError("output_type='mp4' needs video_path (where to write the video)")
+    if (output_type == "mp4") != (video_path is not None):
+        raise ValueError(f"output_type={output_type!r} with video_path={video_path}: an mp4 needs a video_path "
+                         "(where to write it), and only an mp4 is written")
     progress = settings.progress_bar if progress is None else progress
     tmp_video = _tmp_video_path(video_path) if video_path is not None else None
     with pipeline_lock(pipeline):

@@ -1,4 +1,5 @@
-"""Serving requests: one record (a DataFrame row or a dict) -> a checked :class:`~humo.inference.generate.GenerationRequest`.
+"""Serving requests: one record (a DataFrame row or a dict) -> a checked request of the generation core
+(:class:`~humo.inference.generate.GenerationRequest`).
 
 A request carries the prompt, the mode, an optional reference image and audio as base64 file bytes (PNG/JPEG;
 WAV/FLAC/OGG/MP3 at any sample rate, resampled to 16 kHz mono), the seed, the steps and guidance scales. This module

@@ -1,8 +1,8 @@
 """``models:/<name>@<alias>`` (or ``models:/<name>/<version>``) for batch generation.
 
 :func:`humo.inference.generate.load_model` resolves ``<scheme>:/...`` references through the resolvers it is
-given; :data:`MODEL_RESOLVERS` maps the ``models`` scheme to this one. It downloads the version's ``model_dir`` artifact, verifies any weights manifest, and loads the
-EMA transformer. The tracking URI is MLflow's current one (``mlflow.set_tracking_uri`` or ``MLFLOW_TRACKING_URI``).
+given; :data:`MODEL_RESOLVERS` maps the ``models`` scheme to this one. It downloads the version's ``model_dir``
+artifact, verifies any weights manifest, and loads the EMA transformer. The tracking URI is MLflow's current one (``mlflow.set_tracking_uri`` or ``MLFLOW_TRACKING_URI``).
 """
 
 from __future__ import annotations
