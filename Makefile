@@ -26,7 +26,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,faces]"
+	@# the reference SyncNet class for a parity test; --no-deps: its requirements (opencv-contrib, torchvision,
+	@# scenedetect) would replace the project's OpenCV and torch, and the test loads one torch-only file
+	$(BIN)/python -m pip install --quiet --no-deps syncnet-python==0.2.3
 	@touch $(STAMP)
 
 # The raw dataset: SynthTalk is rendered deterministically, so it reproduces the md5 recorded in data.dvc.

@@ -98,7 +98,10 @@ def test_synthtalk_in_sync_within_one_frame_and_shift_of_8_found(synthtalk_small
 def test_scorer_registry_and_protocol() -> None:
     scorer = make_scorer("motion", 4)
     assert isinstance(scorer, SyncScorer) and scorer.max_offset == 4
-    with pytest.raises(ValueError, match="registered: motion"):
-        make_scorer("syncnet", 4)
+    with pytest.raises(ValueError, match="registered: motion, mouth, lips, syncnet"):
+        make_scorer("nosuch", 4)
+    for name in ("mouth", "lips"):
+        other = make_scorer(name, 4)
+        assert isinstance(other, SyncScorer) and other.uses_face_track and not scorer.uses_face_track
     assert isinstance(scorer(np.zeros((9, 16, 16, 3), np.uint8), np.tile([2.0, 2, 14, 14], (9, 1)),
                              np.zeros(9 * 640, np.float32), 25.0, AUDIO_SAMPLE_RATE), SyncEstimate)  # fmt: skip

@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -34,6 +36,14 @@ HAAR_MIN_SIZE_FRACTION = 0.08
 """Smallest face the cascade looks for, as a fraction of the frame's shorter side."""
 BOX_SMOOTHING = 5
 """Frames in the running median that steadies detected boxes before mouth crops are taken."""
+TRACK_MARGIN = 1.6
+"""Side of a face-track crop over the median face-box side: the whole face, chin and some hair included."""
+TRACK_SMOOTHING = 9
+"""Frames in the running mean that steadies a face track's centre (the crop follows the head, not jitter)."""
+TRACK_SIZE = 160
+"""Default side of face-track crops (``curate.sync_crop_size``): the lips span ~40 px, enough for landmarks."""
+TRACK_CHUNK = 32
+"""Full-size frames decoded at a time while a face track is cut (a 1080p frame is 6 MB)."""
 
 
 class FaceDetector(Protocol):
@@ -164,3 +174,57 @@ def face_crop(frame: np.ndarray, box: np.ndarray, margin: float = 0.25) -> np.nd
     left, top = int(max(0, np.floor(x0 - mx))), int(max(0, np.floor(y0 - my)))
     right, bottom = int(min(width, np.ceil(x1 + mx))), int(min(height, np.ceil(y1 + my)))
     return np.ascontiguousarray(frame[top:bottom, left:right])
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """A steadied, square crop of one face over a run of frames, at a size fit for landmarks or SyncNet.
+
+    Attributes:
+        crops: ``(F, S, S, 3)`` uint8 RGB.
+        boxes: ``(F, 4)`` the face box of each frame in crop pixels.
+    """
+
+    crops: np.ndarray
+    boxes: np.ndarray
+
+
+def face_track(
+    read: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, boxes: np.ndarray, size: int
+) -> FaceTrack:
+    """Cut a face track from full-resolution frames, a chunk at a time.
+
+    Analysis frames are small (a face of a 1080p portrait video is ~30 px at 256 px), too small for lips; the
+    track crops the face from the full-size frames instead. The crop's side is :data:`TRACK_MARGIN` times the
+    median box side of the run and its centre a running mean of the box centres.
+
+    Args:
+        read: ``positions (K,) -> (K, H, W, 3)`` uint8 full-size frames.
+        positions: ``(F,)`` frame positions of the run, passed to ``read``.
+        boxes: ``(F, 4)`` gap-free face boxes ``[x0, y0, x1, y1]`` in full-size pixels.
+        size: side of the square crops.
+
+    Returns:
+        The :class:`FaceTrack`.
+    """
+    import cv2
+    from scipy.ndimage import uniform_filter1d
+
+    boxes = np.asarray(boxes, dtype=np.float64)
+    side = float(np.median(np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]))) * TRACK_MARGIN
+    side = max(side, 2.0)
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+    centres = uniform_filter1d(centres, size=min(TRACK_SMOOTHING, len(centres)), axis=0, mode="nearest")
+    patch = (int(round(side)), int(round(side)))
+    crops = np.empty((len(positions), size, size, 3), dtype=np.uint8)
+    positions = np.asarray(positions)
+    for lo in range(0, len(positions), TRACK_CHUNK):
+        frames = read(positions[lo : lo + TRACK_CHUNK])
+        for offset, frame in enumerate(frames):
+            cx, cy = centres[lo + offset]
+            cut = cv2.getRectSubPix(np.ascontiguousarray(frame), patch, (float(cx), float(cy)))
+            crops[lo + offset] = cv2.resize(cut, (size, size), interpolation=cv2.INTER_AREA)
+    scale = size / patch[0]
+    origin = centres - patch[0] / 2
+    in_crop = (boxes - np.concatenate([origin, origin], axis=1)) * scale
+    return FaceTrack(crops=crops, boxes=np.clip(in_crop, 0, size))
