@@ -271,14 +271,23 @@ class CurateConfig(Section):
     """A source whose loudest frame RMS is below this is silent and rejected."""
     min_speech_ratio: float = Field(0.2, ge=0, le=1)
     """Smallest share of a clip's frames with speech."""
-    sync_scorer: Literal["motion"] = "motion"
-    """Sync estimator (``humo.data.sync.SYNC_SCORERS``)."""
+    sync_scorer: Literal["auto", "motion", "mouth", "lips", "syncnet"] = "auto"
+    """Sync estimator (``humo.data.sync``), run over each whole shot: ``motion`` (mouth motion against the
+    audio envelope, exact on SynthTalk), ``mouth`` (model-free lip shape of a full-resolution face track
+    against speech bands), ``lips`` (dlib's landmarks, ``humo[faces]``), ``syncnet`` (SyncNet v2 from
+    ``syncnet_weights``); ``auto``: ``motion`` for synthetic datasets, ``lips`` for real video when dlib is
+    installed, else ``mouth``."""
+    syncnet_weights: Path | None = None
+    """Local ``syncnet_v2.model`` for ``sync_scorer: syncnet`` (nothing is downloaded)."""
     sync_search: int = Field(10, ge=1)
     """Offsets ``-sync_search..sync_search`` frames are searched."""
     sync_max_offset: int = Field(1, ge=0)
     """Largest accepted ``|offset|`` in frames."""
-    sync_min_confidence: float = Field(0.2, ge=0)
-    """Smallest accepted sync confidence (median minus best distance)."""
+    sync_min_confidence: float | None = Field(None, ge=0)
+    """Smallest accepted sync confidence (median minus best distance); ``None`` = the scorer's own default
+    (confidences of different scorers are on different scales)."""
+    sync_crop_size: int = Field(160, ge=32)
+    """Side of the face-track crops the ``mouth`` and ``lips`` scorers see (cut from full-size frames)."""
     min_resolution: int = Field(64, ge=8)
     """Smallest accepted shorter side of a source in pixels."""
     min_brightness: float = Field(20.0, ge=0, le=255)
@@ -289,6 +298,10 @@ class CurateConfig(Section):
     reference_min_distance: int = Field(50, ge=1)
     """Sources without a reference image: the face crop comes from another shot, or from a frame at least
     this many frames away from the clip."""
+    reference_min_similarity: float | None = Field(0.9, ge=-1, le=1)
+    """A reference cropped from another shot or moment is kept only when the cosine of dlib's face
+    embeddings (``humo[faces]``) of it and of the clip's face reaches this (measured: the same person across
+    a clip's halves 0.99, different people 0.78-0.83); ``None`` = no check. Without dlib it is not measured."""
     link_mode: Literal["reference", "hardlink", "copy"] = "reference"
     """Clips that need no cut or resample: point at the source (``reference``), hard-link or copy it."""
     captioner: Literal["none"] = "none"
@@ -673,9 +686,11 @@ class EvaluateConfig(Section):
     """Pixels added around the union of a case's annotated mouth boxes (a generated head moves a little)."""
     strip_frames: int = Field(6, ge=1)
     """Frames per clip shown in the report's frame strips."""
-    sync_scorer: str | None = None
-    """Extra sync figures (``sync_model_*``, provenance model) from a scorer registered in
-    ``humo.data.sync.SYNC_SCORERS`` (e.g. a SyncNet wrapper with local weights); ``None`` = none."""
+    sync_scorer: Literal["motion", "mouth", "lips", "syncnet"] | None = None
+    """Extra sync figures (``sync_model_*``, provenance model) from a scorer of :mod:`humo.data.sync`
+    (``syncnet``: SyncNet v2 from ``syncnet_weights``, the paper's Sync-C / Sync-D); ``None`` = none."""
+    syncnet_weights: Path | None = None
+    """Local ``syncnet_v2.model`` for ``sync_scorer`` / ``real_sync_scorer: syncnet``."""
     image_embedder: Path | None = None
     """A local CLIP or DINO(v2) folder (save_pretrained): adds ``embedding_similarity`` (CLIP-I / DINO-I)."""
     text_scorer: Path | None = None
@@ -684,6 +699,8 @@ class EvaluateConfig(Section):
     """Real-video check (``humo evaluate-real``): delay of the deliberately shifted audio, in frames."""
     real_max_offset: int = Field(15, ge=1)
     """Real-video check: offsets searched (SyncNet's +-15 frames)."""
+    real_sync_scorer: Literal["auto", "motion", "mouth", "lips", "syncnet"] = "auto"
+    """Real-video check: the sync scorer (``auto``: ``lips`` with ``humo[faces]``, else ``mouth``)."""
     gate: EvaluateGateConfig = EvaluateGateConfig()
 
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from humo.config import CurateConfig, PathsConfig
 from humo.constants import AUDIO_SAMPLE_RATE
-from humo.data import faces, quality, shots, speech
+from humo.data import faces, landmarks, quality, shots, speech
 from humo.data.captions import CAPTIONERS, CaptionError, read_caption_file
 from humo.data.manifest import portable_path, write_manifest, write_rejects
 from humo.data.media import MediaError, fit_audio_to_frames, has_audio_stream, read_audio, write_video
@@ -53,7 +53,7 @@ from humo.data.probe import (
     resample_indices,
 )
 from humo.data.sources import SourceItem, read_sources
-from humo.data.sync import SyncEstimate, SyncScorer, make_scorer
+from humo.data.sync import SyncEstimate, SyncScorer, make_scorer, resolve_scorer_name
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +222,16 @@ def _reference_frame(
     return best
 
 
+@dataclass(frozen=True)
+class _ShotSync:
+    """The sync of one whole shot, and the per-frame features it was measured on (clip figures slice them)."""
+
+    start: int
+    estimate: SyncEstimate
+    features: np.ndarray
+    """The scorer's visual features, row 0 = the shot's first frame."""
+
+
 @dataclass
 class _Source:
     """One source read and analysed: what the checks of its clips share."""
@@ -246,7 +256,12 @@ class _Source:
     found: np.ndarray
     detector: str
     speaking: np.ndarray
+    scorer_name: str
     scorer: SyncScorer
+    min_confidence: float
+    """The sync gate: ``curate.sync_min_confidence``, else the scorer's own default."""
+    shot_sync: dict[int, _ShotSync]
+    """Shot index -> the sync of the whole shot (only shots that hold a candidate clip)."""
     whole: bool
     """The source is exactly one clip (its id is the source id)."""
     linkable: bool
@@ -262,10 +277,15 @@ class _ClipCheck:
     boxes: np.ndarray | None = None
     speech_ratio: float = 0.0
     estimate: SyncEstimate | None = None
+    """The sync the clip is judged by: its whole shot's."""
+    clip_estimate: SyncEstimate | None = None
+    """The clip's own figure (short clips give noisy offsets: recorded, not judged)."""
     brightness: float = 0.0
     sharpness: float = 0.0
     reference: Path | None = None
     reference_source: str | None = None
+    reference_similarity: float | None = None
+    """Cosine of dlib's embeddings of the cropped reference and the clip's face (None: not measured)."""
 
 
 def _curate(item: SourceItem, cfg: CurateConfig, out_dir: Path, root: Path, result: SourceResult) -> None:
@@ -309,14 +329,48 @@ def _read_source(item: SourceItem, cfg: CurateConfig, result: SourceResult) -> _
         speaking = speech.silero_frame_speech(audio, len(indices), cfg.vad_threshold, fps=cfg.fps)
     else:
         speaking = speech.energy_frame_speech(rms, cfg.energy_threshold_db, cfg.silence_rms)
-    scorer = make_scorer(cfg.sync_scorer, cfg.sync_search)
+    scorer_name = resolve_scorer_name(cfg.sync_scorer, item.synthetic)
+    scorer = make_scorer(scorer_name, cfg.sync_search, weights=cfg.syncnet_weights)
+    min_confidence = cfg.sync_min_confidence if cfg.sync_min_confidence is not None else scorer.min_confidence
     whole = len(windows) == 1 and windows[0][1] == 0 and len(indices) == cfg.num_frames
+    full_size = FullSizeFrames(item.video, indices)
+    shot_sync = {
+        shot: _shot_sync(shot_list[shot], frames, raw_boxes, scale, audio, scorer, full_size, cfg)
+        for shot in sorted({shot for shot, _ in windows})
+        if found[shot_list[shot][0] : shot_list[shot][1]].any()
+    }
     return _Source(
         item=item, caption=caption, probe=probe, indices=indices, audio=audio, frames=frames, size=size,
         shot_list=shot_list, windows=windows, raw_boxes=raw_boxes, scale=scale, found=found, detector=detector,
-        speaking=speaking, scorer=scorer, whole=whole, linkable=whole and _can_link(item, probe, indices, cfg),
-        full_size=FullSizeFrames(item.video, indices),
+        speaking=speaking, scorer_name=scorer_name, scorer=scorer, min_confidence=min_confidence,
+        shot_sync=shot_sync, whole=whole, linkable=whole and _can_link(item, probe, indices, cfg),
+        full_size=full_size,
     )
+
+
+def _shot_sync(
+    shot: tuple[int, int],
+    frames: np.ndarray,
+    raw_boxes: np.ndarray,
+    scale: float,
+    audio: np.ndarray,
+    scorer: SyncScorer,
+    full_size: FullSizeFrames,
+    cfg: CurateConfig,
+) -> _ShotSync:
+    """Sync over a whole shot: a 1.3 s clip is too short for any estimator to tell a shift from chance, a
+    shot of several seconds is not. A face-track scorer gets the face cut from the full-size frames."""
+    start, end = shot
+    boxes = faces.fill_missing_boxes(raw_boxes[start:end])
+    if scorer.uses_face_track:
+        track = faces.face_track(full_size.get, np.arange(start, end), boxes / scale, cfg.sync_crop_size)
+        view, boxes = track.crops, track.boxes
+    else:
+        view = frames[start:end]
+    lo, hi = _audio_span(start, end, cfg.fps)
+    features = scorer.visual(view, boxes)
+    estimate = scorer.compare(features, audio[lo:hi], cfg.fps, AUDIO_SAMPLE_RATE)
+    return _ShotSync(start=start, estimate=estimate, features=features)
 
 
 def _probe_checked(item: SourceItem, cfg: CurateConfig, result: SourceResult) -> tuple[SourceProbe, np.ndarray]:
@@ -390,17 +444,18 @@ def _check_clip(src: _Source, cfg: CurateConfig, shot_index: int, start: int, ou
         check.problem = "too_little_speech"
         check.detail = f"speech ratio {check.speech_ratio:.2f} < {cfg.min_speech_ratio:g}"
         return check
-    lo, hi = _audio_span(start, end, cfg.fps)
-    frames = src.frames[start:end]
-    estimate = check.estimate = src.scorer(frames, check.boxes, src.audio[lo:hi], cfg.fps, AUDIO_SAMPLE_RATE)
+    check.estimate, check.clip_estimate = _clip_sync(src, cfg, shot_index, start)
+    estimate, mine = check.estimate, check.clip_estimate
+    span = f"over the {len(src.shot_sync[shot_index].features)}-frame shot (this clip alone: {mine.offset:+d})"
     if abs(estimate.offset) > cfg.sync_max_offset:
         check.problem = "sync_offset"
-        check.detail = f"offset {estimate.offset:+d} frames, |offset| > {cfg.sync_max_offset}"
+        check.detail = f"offset {estimate.offset:+d} frames {span}, |offset| > {cfg.sync_max_offset}"
         return check
-    if estimate.confidence < cfg.sync_min_confidence:
+    if estimate.confidence < src.min_confidence:
         check.problem = "sync_low_confidence"
-        check.detail = f"confidence {estimate.confidence:.3f} < {cfg.sync_min_confidence:g}"
+        check.detail = f"confidence {estimate.confidence:.3f} {span} < {src.min_confidence:g}"
         return check
+    frames = src.frames[start:end]
     check.brightness = bright = quality.brightness(frames)
     check.sharpness = sharp = quality.sharpness(frames, check.boxes)
     check.problem = quality.quality_problem(bright, sharp, cfg.min_brightness, cfg.max_brightness, cfg.min_sharpness)
@@ -413,7 +468,46 @@ def _check_clip(src: _Source, cfg: CurateConfig, shot_index: int, start: int, ou
     )
     if check.reference is None:
         check.problem, check.detail = "no_reference", "no face outside the clip: one shot, no distant segment"
+        return check
+    if src.item.reference_image is None:  # a crop from elsewhere in the source: is it the clip's person?
+        check.reference_similarity = similarity = _reference_similarity(src, cfg, start, check.boxes, check.reference)
+        if similarity is not None and similarity < cfg.reference_min_similarity:
+            check.problem = "reference_other_person"
+            check.detail = (
+                f"face embedding of {check.reference.name} vs the clip: cosine {similarity:.3f} "
+                f"< reference_min_similarity {cfg.reference_min_similarity:g}"
+            )
     return check
+
+
+def _reference_similarity(
+    src: _Source, cfg: CurateConfig, start: int, boxes: np.ndarray, reference: Path
+) -> float | None:
+    """Cosine of dlib's face embeddings of a cropped reference and of the clip's middle frame (full size);
+    None when the check is off or ``humo[faces]`` is not installed."""
+    if cfg.reference_min_similarity is None or not landmarks.available():
+        return None
+    from PIL import Image
+
+    middle = cfg.num_frames // 2
+    frame = src.full_size.get(np.array([start + middle]))[0]
+    box = boxes[middle] / src.scale
+    clip_face = faces.face_crop(frame, box, margin=REFERENCE_MARGIN)
+    left_top = np.maximum(np.floor(box[:2] - REFERENCE_MARGIN * (box[2:] - box[:2])), 0)  # as face_crop cuts
+    inner = box - np.tile(left_top, 2)
+    with Image.open(reference) as image:
+        ref = np.asarray(image.convert("RGB"))
+    return landmarks.cosine(landmarks.embed_face(ref), landmarks.embed_face(clip_face, inner))
+
+
+def _clip_sync(src: _Source, cfg: CurateConfig, shot_index: int, start: int) -> tuple[SyncEstimate, SyncEstimate]:
+    """(the shot's estimate, the clip's own): the clip's rows of the shot's features, compared alone."""
+    shot = src.shot_sync[shot_index]
+    if start == shot.start and len(shot.features) == cfg.num_frames:
+        return shot.estimate, shot.estimate  # the clip is its whole shot
+    lo, hi = _audio_span(start, start + cfg.num_frames, cfg.fps)
+    rows = shot.features[start - shot.start : start - shot.start + cfg.num_frames]
+    return shot.estimate, src.scorer.compare(rows, src.audio[lo:hi], cfg.fps, AUDIO_SAMPLE_RATE)
 
 
 def _clip_video(src: _Source, cfg: CurateConfig, clip_id: str, start: int, out_dir: Path) -> tuple[Path, int, int]:
@@ -468,6 +562,11 @@ def _manifest_row(
         "sync_offset": int(estimate.offset),
         "sync_confidence": float(estimate.confidence),
         "sync_distance": float(estimate.distance),
+        "sync_scorer": src.scorer_name,
+        "sync_frames": int(len(src.shot_sync[shot_index].features)),
+        "clip_sync_offset": int(check.clip_estimate.offset),
+        "clip_sync_confidence": float(check.clip_estimate.confidence),
+        "reference_similarity": check.reference_similarity,
         "split": item.split or cfg.folder_split,
         "identity_id": item.identity_id,
         "annotation": portable_path(item.annotation, root) if item.annotation else None,

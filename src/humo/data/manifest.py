@@ -45,6 +45,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("face_size", pa.float64()),
         ("face_detector", pa.string()),
         ("linked", pa.bool_()),
+        ("sync_scorer", pa.string()),
+        ("sync_frames", pa.int64()),
+        ("clip_sync_offset", pa.int64()),
+        ("clip_sync_confidence", pa.float64()),
+        ("reference_similarity", pa.float64()),
     ]
 )
 """Columns of ``manifest.parquet``: the contract's columns first, then curation's quality figures."""

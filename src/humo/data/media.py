@@ -320,6 +320,53 @@ def mux_audio(video_path: str | Path, audio_path: str | Path, output_path: str |
     return write_video(output_path, frames, fps, audio, AUDIO_SAMPLE_RATE)
 
 
+def shift_samples(audio: np.ndarray, shift_s: float, sample_rate: int) -> np.ndarray:
+    """``audio`` moved by ``shift_s`` seconds at the same length: ``> 0`` delays it (silence first, the end cut
+    off: the audio lags the video), ``< 0`` advances it (the start cut off, silence at the end)."""
+    audio = np.asarray(audio)
+    count = min(int(round(abs(shift_s) * sample_rate)), len(audio))
+    silence = np.zeros(count, dtype=audio.dtype)
+    if shift_s > 0:
+        return np.concatenate([silence, audio[: len(audio) - count]])
+    return np.concatenate([audio[count:], silence])
+
+
+def write_shifted_copy(
+    video_path: str | Path, output_path: str | Path, shift_s: float, sample_rate: int = AUDIO_SAMPLE_RATE
+) -> Path:
+    """A copy of a video whose audio is moved by ``shift_s`` seconds (``> 0``: the audio lags): a real clip
+    with a known sync error. The video packets are copied untouched (no re-encode of a 1080p stream); the
+    audio is decoded, moved with :func:`shift_samples` and encoded as AAC with sample-position timestamps,
+    so the container's edit list keeps sample 0 at time 0 (module docstring).
+
+    Raises:
+        MediaError: the video cannot be read or holds no audio stream.
+    """
+    import av
+
+    audio = shift_samples(read_audio(video_path, sample_rate), shift_s, sample_rate).astype(np.float32)
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(_check_file(Path(video_path)))) as source, av.open(str(output_path), "w", format="mp4") as out:
+        video_in = source.streams.video[0]
+        video_out = out.add_stream_from_template(video_in)
+        audio_out = out.add_stream("aac", rate=sample_rate)
+        audio_out.layout = "mono"
+        for packet in source.demux(video_in):
+            if packet.dts is None:  # the demuxer's final flush packet
+                continue
+            packet.stream = video_out
+            out.mux(packet)
+        for start in range(0, len(audio), AAC_FRAME_SAMPLES):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[None, start : start + AAC_FRAME_SAMPLES]), format="flt", layout="mono"
+            )
+            frame.sample_rate, frame.pts = sample_rate, start
+            out.mux(audio_out.encode(frame))
+        out.mux(audio_out.encode(None))
+    return output_path
+
+
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = AUDIO_SAMPLE_RATE) -> Path:
     """Write mono float audio as 16-bit PCM wav."""
     import soundfile
