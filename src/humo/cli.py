@@ -306,17 +306,24 @@ def evaluate_real(
     video: Annotated[Path, typer.Argument(help="A real talking-person video.")],
     audio: Annotated[Path | None, typer.Option("--audio", help="Its speech, when not muxed in the video.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="JSON file for the figures (default: log only).")] = None,
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="An image of the person: adds the identity figure to it.")
+    ] = None,
     params: ParamsOption = DEFAULT_PARAMS_PATH,
     overrides: Overrides = None,
 ) -> None:
-    """Sync (own audio vs a shifted copy vs a no-sync baseline), face presence and quality of a real video."""
+    """Sync (own audio vs a shifted copy vs a no-sync baseline), identity, face presence and quality of a real
+    video."""
     import json
 
     p = _load(params, overrides)
     from humo.evaluation.real import describe, evaluate_real_video
 
     try:
-        figures = evaluate_real_video(video, audio, p.evaluate.real_shift_frames, p.evaluate.real_max_offset)
+        figures = evaluate_real_video(
+            video, audio, p.evaluate.real_shift_frames, p.evaluate.real_max_offset,
+            scorer=p.evaluate.real_sync_scorer, reference=reference, weights=p.evaluate.syncnet_weights,
+        )
     except USER_ERRORS as err:
         raise _fail(err) from None
     text = json.dumps(figures, indent=1)

@@ -37,6 +37,7 @@ from humo.config import (
     TrackingConfig,
 )
 from humo.data.media import read_audio, read_clip
+from humo.data.sync import scorer_view
 from humo.evaluation import metrics, probes, report
 from humo.evaluation.evalset import EvalCase, load_cases
 from humo.evaluation.gates import GateDecision, passes
@@ -67,7 +68,7 @@ class Evaluators:
         from humo.evaluation.embedders import ClipTextScorer, HFImageEmbedder
 
         return cls(
-            sync=make_scorer(cfg.sync_scorer, cfg.sync_max_offset) if cfg.sync_scorer else None,
+            sync=make_scorer(cfg.sync_scorer, cfg.sync_max_offset, weights=cfg.syncnet_weights) if cfg.sync_scorer else None,
             image=HFImageEmbedder(cfg.image_embedder) if cfg.image_embedder else None,
             text=ClipTextScorer(cfg.text_scorer) if cfg.text_scorer else None,
         )
@@ -113,7 +114,8 @@ def score_clip(
         from humo.evaluation.embedders import embedding_similarity
 
         if evaluators.sync is not None:
-            estimate = evaluators.sync(frames, face_boxes, audio, case.fps, 16_000)
+            view, boxes = scorer_view(evaluators.sync, frames, face_boxes)
+            estimate = evaluators.sync(view, boxes, audio, case.fps, 16_000)
             figures.update(metrics.sync_figures(estimate, prefix="sync_model"))
         if evaluators.image is not None:
             figures.update(embedding_similarity(evaluators.image, reference, reference_box, frames, face_boxes))
