@@ -169,6 +169,24 @@ def test_readers(synthtalk_small: Path, tmp_path: Path) -> None:
         read_sources("webdataset", tmp_path)
 
 
+def test_a_sync_scorer_that_cannot_run_fails_before_any_source(tmp_path: Path, monkeypatch) -> None:
+    from humo.data import landmarks
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "a.mp4").write_bytes(b"x")
+    paths = PathsConfig(artifacts=tmp_path / "artifacts", reports=tmp_path / "reports")
+    folder = {"source_format": "folder", "source_dir": tmp_path / "raw", "workers": 1}
+    with pytest.raises(ValueError, match="needs its weights"):
+        curate.run(CurateConfig(sync_scorer="syncnet", **folder), paths, project_root=tmp_path)
+    missing = tmp_path / "models" / "syncnet_v2.model"
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        curate.run(CurateConfig(sync_scorer="syncnet", syncnet_weights=missing, **folder), paths, project_root=tmp_path)
+    monkeypatch.setattr(landmarks, "available", lambda: False)
+    with pytest.raises(landmarks.FaceModelsMissing, match="humo\\[faces\\]"):
+        curate.run(CurateConfig(sync_scorer="lips", **folder), paths, project_root=tmp_path)
+    assert not (tmp_path / "artifacts" / "curate" / "manifest.parquet").exists()
+
+
 # =====================================================================================================
 # The stage on SynthTalk
 # =====================================================================================================

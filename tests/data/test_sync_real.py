@@ -68,6 +68,26 @@ def test_whole_source_sync_finds_each_shift(real_data: Path, demo1_copies) -> No
         assert abs(estimate.offset - ms / FRAME_MS) <= 2, (ms, estimate.offset)
 
 
+@pytest.mark.skipif(not landmarks.available(), reason="needs humo[faces] (dlib) for the lips scorer")
+def test_curation_judges_a_clip_by_its_whole_shot(demo1_copies, tmp_path: Path) -> None:
+    source_dir = tmp_path / "sources"
+    source_dir.mkdir()
+    for ms in (0, 400):
+        (source_dir / demo1_copies[ms].name).symlink_to(demo1_copies[ms])
+    cfg = CurateConfig(source_format="folder", source_dir=source_dir, workers=1, max_clips_per_source=1, sync_search=15)
+    curate.run(cfg, PathsConfig(artifacts=tmp_path / "artifacts", reports=tmp_path / "reports"), project_root=tmp_path)
+    manifest = read_manifest(tmp_path / "artifacts" / "curate" / "manifest.parquet")
+    assert list(manifest["source_id"]) == ["demo1_+0ms"]
+    row = manifest.iloc[0]
+    assert row["sync_scorer"] == "lips" and row["sync_frames"] == 250 and abs(row["sync_offset"]) <= 1
+    assert row["sync_confidence"] >= 0.05 and -15 <= row["clip_sync_offset"] <= 15  # the clip's own figure, kept
+    assert row["reference_similarity"] >= 0.9  # the crop from elsewhere in the video is the same woman
+    rejects = [json.loads(line) for line in (tmp_path / "artifacts" / "curate" / "rejects.jsonl").read_text().splitlines()]
+    late = [r for r in rejects if r["clip"] is not None and "+400ms" in r["clip"]]
+    assert [r["reason"] for r in late] == ["sync_offset"] and "250-frame shot" in late[0]["detail"]
+    assert abs(int(late[0]["detail"].split()[1]) - 10) <= 2
+
+
 def _curate_copies(real_data: Path, root: Path, name: str, num_frames: int) -> tuple[dict, list[dict]]:
     source_dir = root / "sources"
     for ms in SHIFTS_MS:

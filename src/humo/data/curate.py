@@ -708,12 +708,23 @@ def check_accounting(items: list[SourceItem], results: list[SourceResult], proje
         )
 
 
+def check_scorer(cfg: CurateConfig) -> None:
+    """Fail before any source is read when the configured sync scorer cannot run on this machine."""
+    if cfg.sync_scorer == "lips" and not landmarks.available():
+        raise landmarks.FaceModelsMissing(f"curate.sync_scorer=lips needs dlib's models; {landmarks.INSTALL_HINT}")
+    if cfg.sync_scorer == "syncnet":
+        make_scorer(cfg.sync_scorer, cfg.sync_search, weights=cfg.syncnet_weights)
+
+
 def prepare(cfg: CurateConfig, paths: PathsConfig) -> tuple[list[SourceItem], Path]:
     """Read the source list and clear the clips of a previous run; returns ``(items, out_dir)``.
 
     Raises:
-        FileNotFoundError: the source folder or its index is missing.
+        FileNotFoundError: the source folder or its index is missing, SyncNet's weights file is missing, or
+            ``sync_scorer: lips`` without ``humo[faces]`` (checked once here, not as a crash per source).
+        ValueError: ``sync_scorer: syncnet`` without ``syncnet_weights``.
     """
+    check_scorer(cfg)
     source_dir = cfg.source_dir if cfg.source_dir is not None else paths.raw
     items = read_sources(cfg.source_format, source_dir, cfg.limit)
     out_dir = paths.stage_dir("curate")
@@ -773,7 +784,7 @@ def run(cfg: CurateConfig, paths: PathsConfig, project_root: Path | None = None)
         A :class:`CurateSummary`.
 
     Raises:
-        FileNotFoundError: the source folder or its index is missing.
+        FileNotFoundError: the source folder or its index is missing, or the sync scorer cannot run here.
     """
     started = time.perf_counter()
     root = (Path(project_root) if project_root is not None else Path.cwd()).absolute()
@@ -800,6 +811,10 @@ def write_report(
         "linked_clips": sum(1 for row in rows if row["linked"]),
         "clips_with_caption": sum(1 for row in rows if row["has_caption"]),
         "splits": dict(Counter(row["split"] for row in rows)),
+        "sync_scorers": dict(Counter(row["sync_scorer"] for row in rows)),
+        "reference_similarity_min": min(
+            (row["reference_similarity"] for row in rows if row["reference_similarity"] is not None), default=None
+        ),
     }
     (report_dir / "summary.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     _histograms(rows, report_dir / "histograms.png")
