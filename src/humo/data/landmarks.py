@@ -111,6 +111,14 @@ def detect_faces(frames: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     return boxes
 
 
+def _shapes(frames: np.ndarray, boxes: np.ndarray):
+    """``(frame, landmarks)`` of each frame: dlib's shape of the face in its box."""
+    predictor = _predictor()
+    for frame, box in zip(frames, boxes, strict=True):
+        frame = np.ascontiguousarray(frame)
+        yield frame, predictor(frame, _rectangle(box))
+
+
 def face_landmarks(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """The 68 landmarks of the face in ``boxes`` of each frame.
 
@@ -121,10 +129,8 @@ def face_landmarks(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     Returns:
         ``(F, 68, 2)`` float64 ``(x, y)`` pixels.
     """
-    predictor = _predictor()
     points = np.empty((len(frames), NUM_LANDMARKS, 2), dtype=np.float64)
-    for index, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
-        shape = predictor(np.ascontiguousarray(frame), _rectangle(box))
+    for index, (_, shape) in enumerate(_shapes(frames, boxes)):
         points[index] = [(shape.part(k).x, shape.part(k).y) for k in range(NUM_LANDMARKS)]
     return points
 
@@ -139,11 +145,9 @@ def face_embeddings(frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     Returns:
         ``(F, 128)`` float64 unit vectors (cosine similarity = dot product).
     """
-    predictor, recogniser = _predictor(), _recogniser()
+    recogniser = _recogniser()
     out = np.empty((len(frames), EMBEDDING_DIM), dtype=np.float64)
-    for index, (frame, box) in enumerate(zip(frames, boxes, strict=True)):
-        frame = np.ascontiguousarray(frame)
-        shape = predictor(frame, _rectangle(box))
+    for index, (frame, shape) in enumerate(_shapes(frames, boxes)):
         out[index] = np.asarray(recogniser.compute_face_descriptor(frame, shape))
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 

@@ -24,6 +24,7 @@ weights can register a scorer that returns the same :class:`SyncEstimate` from f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol, runtime_checkable
@@ -166,21 +167,31 @@ def estimate_sync(mouth: np.ndarray, envelope: np.ndarray, max_offset: int) -> S
     envelope = np.asarray(envelope, dtype=np.float64).reshape(-1)
     if mouth.shape != envelope.shape:
         raise ValueError(f"mouth {mouth.shape} and envelope {envelope.shape} must have one value per frame each")
+    _check_search(len(mouth), max_offset)
+    return _search_offsets(mouth, envelope_activity(envelope), max_offset, _pearson)
+
+
+def _check_search(num_frames: int, max_offset: int) -> None:
     if max_offset < 0:
         raise ValueError(f"max_offset={max_offset} must be >= 0")
-    num_frames = len(mouth)
     if num_frames < max_offset + 3:
         raise ValueError(f"{num_frames} frames are too few for max_offset={max_offset}; use at least {max_offset + 3}")
-    activity = envelope_activity(envelope)
+
+
+def _search_offsets(
+    video: np.ndarray, audio: np.ndarray, max_offset: int, similarity: Callable[[np.ndarray, np.ndarray], float]
+) -> SyncEstimate:
+    """The search both estimators share: per offset ``k``, ``1 - similarity`` of the overlapping rows when the
+    audio lags the video by ``k`` (the sound of frame ``t`` is at ``t + k``); SyncNet's confidence."""
+    num_frames = len(video)
     offsets = np.arange(-max_offset, max_offset + 1)
     scores = np.empty(len(offsets), dtype=np.float64)
     for index, offset in enumerate(offsets):
-        # audio lags video by `offset`: the sound of frame t is at frame t + offset
         if offset >= 0:
-            video_part, audio_part = mouth[: num_frames - offset], activity[offset:]
+            video_part, audio_part = video[: num_frames - offset], audio[offset:]
         else:
-            video_part, audio_part = mouth[-offset:], activity[: num_frames + offset]
-        scores[index] = 1.0 - _pearson(video_part, audio_part)
+            video_part, audio_part = video[-offset:], audio[: num_frames + offset]
+        scores[index] = 1.0 - similarity(video_part, audio_part)
     best = int(np.argmin(scores))
     confidence = float(np.median(scores) - scores[best])
     return SyncEstimate(offset=int(offsets[best]), confidence=confidence, distance=float(scores[best]), scores=scores)
@@ -285,23 +296,8 @@ def estimate_sync_bands(visual: np.ndarray, bands: np.ndarray, max_offset: int, 
     visual, bands = np.atleast_2d(np.asarray(visual, float).T).T, np.atleast_2d(np.asarray(bands, float).T).T
     if len(visual) != len(bands):
         raise ValueError(f"visual {visual.shape} and bands {bands.shape} must have one row per frame each")
-    if max_offset < 0:
-        raise ValueError(f"max_offset={max_offset} must be >= 0")
-    num_frames = len(visual)
-    if num_frames < max_offset + 3:
-        raise ValueError(f"{num_frames} frames are too few for max_offset={max_offset}; use at least {max_offset + 3}")
-    visual, bands = bandpass(visual, fps), bandpass(bands, fps)
-    offsets = np.arange(-max_offset, max_offset + 1)
-    scores = np.empty(len(offsets), dtype=np.float64)
-    for index, offset in enumerate(offsets):
-        if offset >= 0:
-            video_part, audio_part = visual[: num_frames - offset], bands[offset:]
-        else:
-            video_part, audio_part = visual[-offset:], bands[: num_frames + offset]
-        scores[index] = 1.0 - canonical_correlation(video_part, audio_part)
-    best = int(np.argmin(scores))
-    confidence = float(np.median(scores) - scores[best])
-    return SyncEstimate(offset=int(offsets[best]), confidence=confidence, distance=float(scores[best]), scores=scores)
+    _check_search(len(visual), max_offset)
+    return _search_offsets(bandpass(visual, fps), bandpass(bands, fps), max_offset, canonical_correlation)
 
 
 def lip_geometry(points: np.ndarray) -> np.ndarray:

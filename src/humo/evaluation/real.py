@@ -169,6 +169,8 @@ def evaluate_real_video(
     """
     start = time.perf_counter()
     video = Path(video)
+    name = resolve_scorer_name(scorer, synthetic=False)
+    sync = make_scorer(name, max_offset, weights=weights)  # a missing weights file fails before any decoding
     probe = probe_source(video)
     indices = resample_indices(probe.timestamps, probe.duration, VIDEO_FPS)
     fps, sample_rate = float(VIDEO_FPS), AUDIO_SAMPLE_RATE
@@ -185,8 +187,6 @@ def evaluate_real_video(
     boxes = fill_missing_boxes(detections)
     full = FrameReader(video)
     track = face_track(lambda rows: full.get(indices[rows]), np.arange(len(indices)), boxes / scale, TRACK_SIZE)
-    name = resolve_scorer_name(scorer, synthetic=False)
-    sync = make_scorer(name, max_offset, weights=weights)
     view, view_boxes = (track.crops, track.boxes) if sync.uses_face_track else (frames, boxes)
     features = sync.visual(view, view_boxes)
     own = sync.compare(features, sound, fps, sample_rate)
