@@ -396,6 +396,35 @@ class LongVideoConfig(Section):
     """Latent frames on each side of a seam over which the second pass is blended in."""
 
 
+class ParallelConfig(Section):
+    """One video on several processes (launch with ``torchrun --nproc-per-node N -m humo generate ...``)."""
+
+    sequence_parallel: int = Field(1, ge=1)
+    """Processes that split each video's tokens by latent frame (must equal the launched world size)."""
+    shard_dit: bool = False
+    """Shard the DiT's weights over the same processes (FSDP2 ``fully_shard`` per block and the root)."""
+    shard_text: bool = False
+    """Shard the text encoder's layers too (real UMT5 only; the embedded MiniLM is too small to matter)."""
+    timeout_s: float = Field(1800.0, gt=0)
+    """How long a process waits in a collective for the others before the request fails."""
+
+
+class MemoryConfig(Section):
+    """Memory levers for one device; each is measured in the README (error, bytes, step time)."""
+
+    load_in_place: bool = True
+    """Build the DiT on the meta device and fill it from the file (peak near the weights' size, not twice)."""
+    weight_storage: Literal["native", "fp8", "int8"] = "native"
+    """``fp8``: float8_e4m3 block linears with a per-tensor scale (ComfyUI's ``scaled_fp8``), upcast per layer;
+    ``int8``: torchao int8 weight-only quantization (needs torchao); ``native``: the compute dtype."""
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of activations, norms, biases, embeddings, modulation and the audio projection."""
+    offload_blocks: int = Field(0, ge=0)
+    """Keep this many DiT blocks (the last ones) on the host and move each to the device just before it runs."""
+    prefetch: bool = True
+    """With offload: start moving the next offloaded block while the current one computes (CUDA streams)."""
+
+
 class GenerateConfig(Section):
     """Sampling (``humo generate``, serving, evaluation, samples): solver, guidance, sizes, lengths. A request's mode
     is its own or follows its inputs (T, plus I with an image, plus A with audio)."""
@@ -420,6 +449,8 @@ class GenerateConfig(Section):
     """x264 quality of written videos (lower is better)."""
     progress_bar: bool = True
     """Show a tqdm bar over the denoising steps."""
+    parallel: ParallelConfig = ParallelConfig()
+    memory: MemoryConfig = MemoryConfig()
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:

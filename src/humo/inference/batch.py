@@ -47,6 +47,7 @@ from humo.inference.generate import (
     atomic_write_json,
     build_pipeline,
     file_sha256,
+    follow,
     generate,
     load_model,
     read_audio_input,
@@ -54,6 +55,7 @@ from humo.inference.generate import (
     read_sidecar,
     recover_outputs,
 )
+from humo.inference.parallel import ParallelRankError, init_runtime
 from humo.inference.pipeline import HumoPipeline
 
 logger = logging.getLogger(__name__)
@@ -222,7 +224,7 @@ def _idempotency_key(request: GenerationRequest, settings: GenerateConfig, model
     """A key over the inputs' checksums, the request's settings, the ``generate`` section and the model."""
     source = {
         "request": request.describe(),
-        "settings": settings.model_dump(mode="json", exclude={"progress_bar"}),
+        "settings": settings.model_dump(mode="json", exclude={"progress_bar", "parallel"}),
         "model": asdict(model),
     }
     return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
@@ -262,9 +264,9 @@ def generate_batch(
         try:
             request = _load_request(raw, requests_path.parent, limits, path_map)
             result = _generate_one(pipeline, request, out_dir, settings, limits, model, claimed)
-        except InvalidRequestError as err:
-            # A bad request must not stop the batch: record the reason and go on.
-            reason = str(err.renamed(FIELD_NAMES))
+        except (InvalidRequestError, ParallelRankError) as err:
+            # A bad request (or one another rank could not run) must not stop the batch: record the reason, go on.
+            reason = str(err.renamed(FIELD_NAMES)) if isinstance(err, InvalidRequestError) else str(err)
             logger.warning("request %s failed: %s", raw.id, reason)
             result = RequestResult(raw.id, "failed", reason=reason)
         result.seconds = round(time.perf_counter() - tick, 3)
@@ -342,6 +344,9 @@ def run(
 ) -> BatchSummary:
     """``humo generate``: load the model and encoders, then generate every request into ``out_dir``.
 
+    Under torchrun (``generate.parallel.sequence_parallel: N``) every rank loads the model; rank 0 runs the batch
+    and the others follow it (:func:`humo.inference.generate.follow`) and return an empty summary.
+
     Args:
         generate, limits, encoders, paths: params sections.
         requests: ``test_case.json`` or ``.jsonl``.
@@ -349,6 +354,18 @@ def run(
         model: a checkpoint folder (``artifacts/train_stage2``) or a ``scheme:/`` reference.
         resolvers: scheme -> resolver for ``scheme:/`` references (the CLI passes the registry's ``models``).
     """
-    transformer, info = load_model(model, resolvers)
-    pipe = build_pipeline(transformer, generate, encoders, paths.vae_dir, limits)
-    return generate_batch(pipe, requests, out_dir, generate, limits, info)
+    runtime = init_runtime(generate.parallel)
+    transformer, info = load_model(model, resolvers, in_place=generate.memory.load_in_place)
+    pipe = build_pipeline(transformer, generate, encoders, paths.vae_dir, limits, parallel=runtime)
+    if runtime is None:
+        return generate_batch(pipe, requests, out_dir, generate, limits, info)
+    try:
+        if not runtime.is_main:
+            logger.info("rank %d: took part in %d request(s)", runtime.rank, follow(pipe))
+            return BatchSummary([])
+        try:
+            return generate_batch(pipe, requests, out_dir, generate, limits, info)
+        finally:
+            runtime.close()
+    finally:
+        runtime.shutdown()

@@ -45,6 +45,7 @@ from humo import __version__
 from humo.config import EncodersConfig, GenerateConfig, GuidanceConfig, RequestLimitsConfig
 from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, VAE_TEMPORAL_STRIDE, VIDEO_FPS
 from humo.diffusion.guidance import UPSTREAM_SCALES, GuidanceSchedule, PiecewiseScale, build_guidance
+from humo.inference.parallel import ParallelRuntime
 from humo.inference.pipeline import (
     SIZE_MULTIPLE,
     HumoPipeline,
@@ -245,9 +246,12 @@ ModelResolver = Callable[[str], tuple[torch.nn.Module, ModelInfo]]
 
 
 def load_model(
-    reference: str | Path, resolvers: Mapping[str, ModelResolver] | None = None
+    reference: str | Path, resolvers: Mapping[str, ModelResolver] | None = None, in_place: bool = True
 ) -> tuple[torch.nn.Module, ModelInfo]:
     """The transformer named by ``reference``: a checkpoint folder, or ``<scheme>:/...`` with a resolver given.
+
+    ``in_place`` (``generate.memory.load_in_place``): build a folder's model on the meta device and fill it from
+    the file, so that loading peaks near one copy of the weights.
 
     Raises:
         ValueError: a URI scheme with no resolver in ``resolvers``.
@@ -265,7 +269,7 @@ def load_model(
             )
         return resolvers[scheme](text)
     folder = Path(text)
-    transformer = load_trained_transformer(folder)
+    transformer = load_trained_transformer(folder, in_place=in_place)
     run_file = folder / RUN_FILE
     run = json.loads(run_file.read_text()) if run_file.is_file() else {}
     version = str(run.get("run_id") or file_sha256(next(iter(sorted(folder.glob("*.safetensors")))))[:12])
@@ -279,31 +283,46 @@ def build_pipeline(
     vae_dir: Path | None,
     limits: RequestLimitsConfig | None = None,
     device: str | torch.device = "cpu",
+    parallel: ParallelRuntime | None = None,
 ) -> HumoPipeline:
     """The one pipeline factory: the transformer with the configured encoders and the ``generate`` solver.
 
     Args:
         transformer: the HuMo DiT (moved to ``device``).
-        settings: solver, shift, negative prompt, window length, progress bar.
+        settings: solver, shift, negative prompt, window length, progress bar, memory levers, parallel layout.
         encoders: text, audio and VAE kinds (and local paths of real ones).
         vae_dir: the trained tiny VAE (``paths.vae_dir``, or a model folder's copy); unused by the Wan VAE.
         limits: caps the window at ``limits.max_frames``.
-        device: where the models run.
+        device: where the models run (a ``parallel`` runtime's own device wins).
+        parallel: the process group when launched with torchrun (:func:`humo.inference.parallel.init_runtime`).
     """
+    from humo.inference.parallel import parallelize
     from humo.models.encoders import load_audio_encoder, load_text_encoder, load_vae
+    from humo.models.memory import apply_memory_levers
 
+    if parallel is not None:
+        device = parallel.device
     window = settings.max_frames if limits is None else min(settings.max_frames, limits.max_frames)
+    transformer = apply_memory_levers(transformer, settings.memory, torch.device(device))
+    if parallel is not None:
+        transformer = parallelize(transformer, parallel, settings.parallel)
+    text_encoder = load_text_encoder(encoders.text, device=device)
+    if parallel is not None and settings.parallel.shard_text:
+        from humo.models.encoders.text import shard_text_encoder
+
+        shard_text_encoder(text_encoder, parallel.device)
     pipe = HumoPipeline(
-        transformer.to(device),
+        transformer,
         load_vae(encoders.vae, trained_dir=vae_dir, device=device),
-        load_text_encoder(encoders.text, device=device),
+        text_encoder,
         load_audio_encoder(encoders.audio, device=device),
         solver=settings.solver,
         shift=settings.shift,
         negative_prompt=settings.negative_prompt,
         max_frames=window,
     )
-    pipe.set_progress_bar_config(disable=not settings.progress_bar)
+    pipe.set_progress_bar_config(disable=not settings.progress_bar or (parallel is not None and not parallel.is_main))
+    pipe.parallel = parallel
     return pipe
 
 
@@ -632,13 +651,36 @@ def generate(
     progress = settings.progress_bar if progress is None else progress
     tmp_video = _tmp_video_path(video_path) if video_path is not None else None
     with pipeline_lock(pipeline):
-        output = _run_pipeline(pipeline, request, plan, settings, output_type, tmp_video, progress)
+        if pipeline.parallel is None:
+            output = _run_pipeline(pipeline, request, plan, settings, output_type, tmp_video, progress)
+        else:  # every rank denoises; rank 0 alone decodes and writes
+            pipeline.parallel.dispatch((request, plan, settings))
+            output = pipeline.parallel.run_agreed(
+                lambda: _run_pipeline(pipeline, request, plan, settings, output_type, tmp_video, progress)
+            )
     notes = [*plan.notes, *output.notes]
     record = {**generation_record(request, plan, settings, output, notes, model), **(extra_record or {})}
     if video_path is not None:
         write_outputs(tmp_video, record, video_path, sidecar_path)
         output.path = video_path
     return GenerationResult(output, record, plan, notes)
+
+
+def follow(pipeline: HumoPipeline) -> int:
+    """The ranks other than 0: run each request rank 0 dispatches (its denoising share only) until it closes.
+
+    Returns:
+        How many requests this rank took part in.
+    """
+    runtime = pipeline.parallel
+    if runtime is None or runtime.is_main:
+        raise ValueError("follow() is for the ranks other than 0 of a torchrun launch")
+    count = 0
+    for request, plan, settings in runtime.jobs():
+        with pipeline_lock(pipeline):
+            runtime.run_agreed(lambda: _run_pipeline(pipeline, request, plan, settings, "latent", None, False))
+        count += 1
+    return count
 
 
 # =====================================================================================================================

@@ -49,6 +49,7 @@ from humo.constants import (
 )
 from humo.diffusion.flow_matching import SAMPLING_SIGMA_MAX, sampling_sigmas, sigmas_to_timesteps
 from humo.diffusion.guidance import Branch, GuidanceSchedule, build_guidance
+from humo.inference.parallel import ParallelRuntime
 from humo.models.transformer import HumoContext, HumoTransformer3D
 
 logger = logging.getLogger(__name__)
@@ -323,6 +324,8 @@ class HumoPipeline:
         self._zero_latents: dict[tuple[int, int], torch.Tensor] = {}
         self._negative_embeds: dict[str, torch.Tensor] = {}
         self._progress_bar_config: dict[str, Any] = {}
+        self.parallel: ParallelRuntime | None = None
+        """The process group when launched with torchrun (set by ``build_pipeline``); None in one process."""
 
     # ------------------------------------------------------------------------------------------------------------
     # properties and settings

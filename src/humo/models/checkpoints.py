@@ -101,7 +101,11 @@ def check_preset(folder: Path, preset: str, transformer: HumoDiTConfig) -> dict[
 
 
 def load_trained_transformer(
-    folder: str | Path, use_ema: bool = True, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    folder: str | Path,
+    use_ema: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    in_place: bool = True,
 ) -> HumoTransformer3D:
     """Build the transformer from a trained checkpoint folder (no params.yaml needed).
 
@@ -109,6 +113,8 @@ def load_trained_transformer(
         folder: ``artifacts/train_stage1`` or ``artifacts/train_stage2`` (or any folder :func:`save_trained` wrote).
         use_ema: load ``ema.safetensors`` (default; what the sampler uses) instead of ``model.safetensors``.
         device, dtype: where and in which dtype to put the weights.
+        in_place: build the model on the meta device and take the file's tensors (peak ~ one copy of the weights);
+            False builds a randomly initialised model first and copies into it (two copies at the peak).
 
     Returns:
         The :class:`HumoTransformer3D` in eval mode.
@@ -118,9 +124,14 @@ def load_trained_transformer(
     """
     folder = Path(folder)
     config = read_checkpoint_config(folder)
-    model = HumoTransformer3D.from_preset(HumoDiTConfig.model_validate(config["transformer"]))
+    cfg = HumoDiTConfig.model_validate(config["transformer"])
+    if in_place:
+        with torch.device("meta"):
+            model = HumoTransformer3D.from_preset(cfg)
+    else:
+        model = HumoTransformer3D.from_preset(cfg)
     state = load_file(str(folder / (EMA_FILE if use_ema else MODEL_FILE)))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=in_place)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     logger.info("loaded %s weights of stage %s from %s", "EMA" if use_ema else "raw", config.get("stage"), folder)
     return model.eval()

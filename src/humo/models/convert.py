@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import load_file
 
+from humo.models.memory import dequantize_scaled_fp8, is_scaled_fp8
 from humo.models.presets import PRESETS, HumoDiTConfig, get_preset
 from humo.models.transformer import HumoTransformer3D
 
@@ -220,6 +221,9 @@ def read_state_dict(path: Path | str, dtype: torch.dtype | None = None) -> dict[
             tensors = load_file(str(file))
         else:
             tensors = _unnest(torch.load(file, map_location="cpu", mmap=True, weights_only=True), file)
+        if is_scaled_fp8(tensors):
+            logger.info("%s is a scaled-fp8 file (ComfyUI layout): weights dequantized as they are read", file.name)
+            tensors = dequantize_scaled_fp8(tensors, dtype)
         for key, tensor in tensors.items():
             if key in state:
                 raise ValueError(f"tensor {key!r} appears in more than one shard ({file.name} and an earlier one)")

@@ -39,6 +39,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from humo.constants import VAE_SPATIAL_STRIDE
+from humo.models.parallel import SequenceParallel, SequenceShard
 from humo.models.presets import ROPE_SPLIT_DIVISOR, HumoDiTConfig, get_preset
 
 logger = logging.getLogger(__name__)
@@ -217,15 +218,28 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
-    """Full self-attention over all video and reference tokens with 3-D RoPE on queries and keys."""
+    """Full self-attention over all video and reference tokens with 3-D RoPE on queries and keys.
 
-    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
-        """``x [B, S, D]`` -> ``[B, S, D]``; ``rope_cos/sin [S, 1, head_dim/2]``."""
+    Under sequence parallelism (``parallel`` set, ``shard`` given) ``x`` holds this process's frames only: the
+    projections, the q/k norms over the full width and RoPE stay local, and two all-to-alls around the attention
+    trade frames for heads and back (:mod:`humo.models.parallel`).
+    """
+
+    parallel: SequenceParallel | None = None
+
+    def forward(
+        self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor, shard: SequenceShard | None = None
+    ) -> torch.Tensor:
+        """``x [B, S, D]`` -> ``[B, S, D]``; ``rope_cos/sin [S, 1, head_dim/2]`` (S: the local tokens)."""
         q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)), rope_cos, rope_sin)
         k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1)), rope_cos, rope_sin)
         v = self.v(x).unflatten(-1, (self.num_heads, -1))  # [B, S, heads, d]
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return self.o(out.transpose(1, 2).flatten(2))  # [B, S, D]
+        if shard is not None and self.parallel is not None:
+            q, k, v = (self.parallel.sequence_to_heads(t, shard) for t in (q, k, v))  # [B, S_all, heads_local, d]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        if shard is not None and self.parallel is not None:
+            out = self.parallel.heads_to_sequence(out, shard, self.num_heads)  # [B, S, heads, d]
+        return self.o(out.flatten(2))  # [B, S, D]
 
 
 class TextCrossAttention(Attention):
@@ -374,6 +388,7 @@ class HumoBlock(nn.Module):
         audio_kv: tuple[torch.Tensor, torch.Tensor] | None,
         num_frames: int,
         return_audio_state: bool,
+        shard: SequenceShard | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the block.
 
@@ -386,6 +401,7 @@ class HumoBlock(nn.Module):
             text_kv, audio_kv: cached keys/values of this block, or None.
             num_frames: latent frames F of the token grid (video + reference).
             return_audio_state: also return the hidden state right after the audio cross-attention.
+            shard: under sequence parallelism, where the tokens live (``x`` holds this process's frames only).
 
         Returns:
             ``(x [B, S, D], state [B, S, D] or None)``.
@@ -397,7 +413,7 @@ class HumoBlock(nn.Module):
 
         # 1. self-attention on adaLN-modulated tokens, gated
         h = (self.norm1(x).float() * (1 + scale1) + shift1).type_as(x)
-        x = (x.float() + self.self_attn(h, rope_cos, rope_sin).float() * gate1).type_as(x)
+        x = (x.float() + self.self_attn(h, rope_cos, rope_sin, shard).float() * gate1).type_as(x)
 
         # 2. text cross-attention: affine LayerNorm (norm3), no gate
         x = x + self.cross_attn(self.norm3(x), text, text_kv)
@@ -410,6 +426,14 @@ class HumoBlock(nn.Module):
         h = (self.norm2(x).float() * (1 + scale2) + shift2).type_as(x)
         x = (x.float() + self.ffn(h).float() * gate2).type_as(x)
         return x, state
+
+    def project_contexts(
+        self, text: torch.Tensor, audio: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """This block's cached keys and values: ``(text_kv, audio_kv)`` (a method, so a sharded block can run it)."""
+        return self.cross_attn.project_context(text), self.audio_cross_attn_wrapper.audio_cross_attn.project_context(
+            audio
+        )
 
 
 # =====================================================================================================================
@@ -489,6 +513,19 @@ class HumoContext:
     audio: torch.Tensor
     text_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
     audio_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+
+
+def _frames_of_context(context: HumoContext, start: int, stop: int) -> HumoContext:
+    """The latent frames ``[start, stop)`` of a context's audio tokens and audio keys/values (text is per sample)."""
+    audio_kv = None
+    if context.audio_kv is not None:
+        frames = context.audio.shape[1]
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # [B*F, heads, T, d] -> [B*(stop-start), heads, T, d]
+            return t.unflatten(0, (-1, frames))[:, start:stop].flatten(0, 1)
+
+        audio_kv = tuple((rows(k), rows(v)) for k, v in context.audio_kv)
+    return HumoContext(context.text, context.audio[:, start:stop], context.text_kv, audio_kv)
 
 
 @dataclass
@@ -605,7 +642,22 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
         self.mask_predictor = MaskPredictor(dim, cfg.patch_size, cfg.mask_blocks, eps) if cfg.mask_blocks else None
 
         self.gradient_checkpointing = False
+        self.sequence_parallel: SequenceParallel | None = None
         self._init_weights()
+
+    def enable_sequence_parallel(self, parallel: SequenceParallel | None) -> None:
+        """Split every forward's tokens by latent frame over ``parallel``'s processes (None: switch it off).
+
+        Every process of the group must call ``forward`` with the same inputs; each gets the whole output.
+
+        Raises:
+            ValueError: more processes than attention heads (the message names the valid sizes).
+        """
+        if parallel is not None:
+            parallel.check_heads(self.humo_config.num_heads)
+        self.sequence_parallel = parallel
+        for block in self.blocks:
+            block.self_attn.parallel = parallel
 
     @classmethod
     def from_preset(cls, preset: str | HumoDiTConfig, **overrides: object) -> HumoTransformer3D:
@@ -716,10 +768,7 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
 
         text_kv = audio_kv = None
         if cache_kv:
-            text_kv = tuple(block.cross_attn.project_context(text) for block in self.blocks)
-            audio_kv = tuple(
-                block.audio_cross_attn_wrapper.audio_cross_attn.project_context(audio) for block in self.blocks
-            )
+            text_kv, audio_kv = zip(*(block.project_contexts(text, audio) for block in self.blocks))
         return HumoContext(text=text, audio=audio, text_kv=text_kv, audio_kv=audio_kv)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -770,6 +819,8 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
                 raise ValueError(f"condition has shape {tuple(condition.shape)}; expected {list(expected_condition)}")
         if return_mask and self.mask_predictor is None:
             raise ValueError("return_mask=True but this model has mask_predictor_blocks=0; build it with blocks > 0")
+        if return_mask and self.sequence_parallel is not None:
+            raise ValueError("return_mask=True is a training output; sequence parallelism is for inference only")
 
     def _check_context(self, context: HumoContext, batch: int, frames: int) -> None:
         if context.text.shape[0] != batch or tuple(context.audio.shape[:2]) != (batch, frames):
@@ -835,6 +886,13 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
         x = x.flatten(2).transpose(1, 2)  # [B, S, D], tokens ordered (f, h, w)
         rope_cos, rope_sin = rope_frequencies(cfg.head_dim, grid, cfg.rope_theta, device=x.device)
 
+        # 2b. sequence parallelism: keep this process's whole latent frames (tokens, RoPE rows, audio context)
+        shard = None
+        if self.sequence_parallel is not None:
+            shard = self.sequence_parallel.shard(grid[0], grid[1] * grid[2])
+            x, rope_cos, rope_sin = x[:, shard.token_slice], rope_cos[shard.token_slice], rope_sin[shard.token_slice]
+            context = _frames_of_context(context, shard.frame_start, shard.frame_stop)
+
         # 3. timestep: sinusoid (float64) -> MLP -> e [B, D]; projection -> 6 modulation vectors [B, 6, D]
         time_weight = self.time_embedding[0].weight
         e = self.time_embedding(sinusoidal_embedding(timestep, cfg.freq_dim).to(time_weight.dtype)).float()
@@ -853,8 +911,9 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
                 context.audio,
                 context.text_kv[index] if context.text_kv is not None else None,
                 context.audio_kv[index] if context.audio_kv is not None else None,
-                grid[0],
+                shard.frame_sizes[shard.rank] if shard is not None else grid[0],
                 index >= first_mask_block,
+                shard,
             )
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x, state = self._gradient_checkpointing_func(block, *args)
@@ -863,8 +922,11 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
             if state is not None:
                 states.append(state)
 
-        # 5. head with 2-way modulation, unpatchify
-        sample = unpatchify(self.head(x, e), grid, cfg.patch_size, cfg.out_channels)  # [B, C_out, F, H, W]
+        # 5. head with 2-way modulation (local tokens), gather the sequence, unpatchify
+        patches = self.head(x, e)
+        if shard is not None:
+            patches = self.sequence_parallel.gather_tokens(patches, shard)  # [B, S_all, p*C_out]
+        sample = unpatchify(patches, grid, cfg.patch_size, cfg.out_channels)  # [B, C_out, F, H, W]
 
         # 6. focus-by-predicting on video tokens only
         mask_logits = None

@@ -142,6 +142,23 @@ class TextEncoder(nn.Module):
         return (states.float() * mask[:, :, None]).contiguous()
 
 
+def shard_text_encoder(encoder: TextEncoder, device: torch.device) -> TextEncoder:
+    """Shard the encoder's layers over the default process group (FSDP2, one unit per layer, then the root).
+
+    Upstream shards UMT5 the same way (``text.fsdp``); each process then holds about ``1/world`` of its weights.
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    layers = [module for module in encoder.model.modules() if isinstance(module, nn.ModuleList) and len(module) > 1]
+    for layer in layers[0] if layers else []:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    fully_shard(encoder.model, mesh=mesh, reshard_after_forward=True)
+    return encoder
+
+
 def _require_dir(folder: Path, what: str, fix: str) -> Path:
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} folder {folder} not found; {fix}")
