@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from humo.config import AudioEncoderConfig, TextEncoderConfig
+from humo.inference.parallel import ParallelRankError, ParallelRuntime
 from humo.models.parallel import SequenceParallel, even_split, local_parameter_bytes, shard_transformer
 from humo.models.transformer import HumoTransformer3D
 
@@ -137,6 +138,18 @@ def _worker(rank: int, port: int, out: str) -> None:
         sequence.shard(1, 16)
     except ValueError as err:
         errors["frames"] = str(err)
+    runtime = ParallelRuntime(rank, WORLD, torch.device("cpu"), sequence)
+
+    def fails_on_rank_1() -> str:
+        if rank == 1:
+            raise OSError("disk full on rank 1")
+        return "done"
+
+    try:
+        runtime.run_agreed(fails_on_rank_1)
+    except ParallelRankError as err:
+        errors["rank"] = str(err)
+    errors["after"] = runtime.run_agreed(lambda: "done")  # the group still works for the next request
     if rank == 0:
         Path(out).write_text(json.dumps({"cases": results, "errors": errors}))
     dist.destroy_process_group()
@@ -171,6 +184,12 @@ def test_impossible_splits_are_refused_with_the_valid_sizes(parallel_results) ->
     errors = parallel_results["errors"]
     assert "exceeds the model's 1 attention heads" in errors["heads"] and "1..1" in errors["heads"]
     assert "every process needs a whole frame" in errors["frames"]
+
+
+def test_a_failure_on_another_rank_fails_the_request_on_rank_0_with_its_reason(parallel_results) -> None:
+    errors = parallel_results["errors"]
+    assert errors["rank"] == "failed on rank 1: disk full on rank 1"
+    assert errors["after"] == "done"
 
 
 def test_even_split_balances_frames_and_heads() -> None:
