@@ -96,3 +96,13 @@ def test_sections_are_frozen(params_path: Path) -> None:
 def test_synth_cross_field_checks(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         SynthConfig(**kwargs)
+
+
+def test_sharded_weights_do_not_combine_with_fp8_or_offload() -> None:
+    from humo.config import GenerateConfig
+
+    with pytest.raises(ValueError, match="shard_dit .* does not combine with memory.weight_storage='fp8'"):
+        GenerateConfig.model_validate({"parallel": {"shard_dit": True}, "memory": {"weight_storage": "fp8"}})
+    with pytest.raises(ValueError, match="memory.offload_blocks=4"):
+        GenerateConfig.model_validate({"parallel": {"shard_dit": True}, "memory": {"offload_blocks": 4}})
+    assert GenerateConfig.model_validate({"parallel": {"shard_dit": True, "sequence_parallel": 2}}).parallel.shard_dit

@@ -222,7 +222,10 @@ def serve(
     from humo.registry import serve as serve_module
 
     try:
-        code = serve_module.run(p.registry, p.tracking, alias=alias, host=host, port=port)
+        code = serve_module.run(
+            p.registry, p.tracking, alias=alias, host=host, port=port,
+            sequence_parallel=p.generate.parallel.sequence_parallel,
+        )
     except USER_ERRORS as err:
         raise _fail(err) from None
     raise typer.Exit(code)
@@ -265,6 +268,23 @@ def generate(
     )
     if summary.count("failed"):
         raise typer.Exit(1)
+
+
+@app.command("plan-memory")
+def plan_memory(
+    device: Annotated[str, typer.Option(help="GPU of the estimate: H100-80GB, A100-80GB or RTX4090-24GB.")] = "H100-80GB",
+    frames: Annotated[int, typer.Option(help="Video frames (4k+1).")] = 97,
+    steps: Annotated[int, typer.Option(help="Denoising steps per video.")] = 50,
+) -> None:
+    """Per-GPU memory and step time of HuMo-1.7B and HuMo-17B at 480p and 720p under each lever (a cost model)."""
+    from humo.models import costs
+    from humo.models.presets import get_preset
+
+    if device not in costs.DEVICES:
+        raise _fail(ValueError(f"unknown device {device!r}; use one of {sorted(costs.DEVICES)}"))
+    models = {"HuMo-1.7B": get_preset("humo-1.7b"), "HuMo-17B": get_preset("humo-17b")}
+    gpu = costs.DEVICES[device]
+    typer.echo(costs.plan_markdown(costs.plan_rows(models, gpu, frames=frames), gpu, steps=steps))
 
 
 @app.command("eval-set")

@@ -423,6 +423,11 @@ class MemoryConfig(Section):
     """Keep this many DiT blocks (the last ones) on the host and move each to the device just before it runs."""
     prefetch: bool = True
     """With offload: start moving the next offloaded block while the current one computes (CUDA streams)."""
+    max_branch_batch: int | None = Field(None, ge=1)
+    """Guidance branches per DiT forward; None: all active branches in one batched forward (fastest), 1: one at
+    a time as upstream runs them (a third of the activations for TIA)."""
+    text_encoder_on_host: bool = False
+    """Keep the text encoder on the CPU (its token states are moved to the device): frees ~11 GB of umT5."""
 
 
 class GenerateConfig(Section):
@@ -457,6 +462,12 @@ class GenerateConfig(Section):
         if self.height % 16 or self.width % 16:
             raise ValueError(
                 f"height x width = {self.height}x{self.width} must be multiples of 16 (VAE 8x, patch 2x), e.g. 64x64"
+            )
+        if self.parallel.shard_dit and (self.memory.weight_storage != "native" or self.memory.offload_blocks):
+            raise ValueError(
+                "generate.parallel.shard_dit shards the weights over processes; it does not combine with "
+                f"memory.weight_storage={self.memory.weight_storage!r} or memory.offload_blocks="
+                f"{self.memory.offload_blocks} (use one or the other)"
             )
         caps = (("max_frames", self.max_frames), ("long_video.max_total_frames", self.long_video.max_total_frames))
         for name, value in caps:

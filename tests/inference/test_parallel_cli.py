@@ -55,7 +55,7 @@ def test_torchrun_two_processes_write_the_one_process_video(real_data, tmp_path,
     launched = subprocess.run(
         [str(torchrun), "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "humo", "generate",
          *common, "--out", str(tmp_path / "two"), *overrides, "generate.parallel.sequence_parallel=2",
-         "generate.parallel.shard_dit=true"],
+         "generate.parallel.shard_dit=true", "generate.parallel.shard_text=true"],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert launched.returncode != 0  # rank 0 reports the failed request
@@ -68,6 +68,19 @@ def test_torchrun_two_processes_write_the_one_process_video(real_data, tmp_path,
     assert sorted(path.name for path in (tmp_path / "two").iterdir()) == [
         "ok_seed666666.json", "ok_seed666666.mp4", "summary.json"
     ]  # rank 1 wrote nothing
+
+    # the batch-inference flow's launcher: the same command again finds the video done
+    from humo.config import ParallelConfig
+    from humo.inference.parallel import launch_generate
+
+    finished = launch_generate(
+        ParallelConfig(sequence_parallel=2), requests, tmp_path / "two", str(checkpoint), params_path,
+        [*overrides, "generate.parallel.sequence_parallel=2", "generate.parallel.shard_dit=true"],
+        master_port=_free_port(),
+    )
+    assert finished.returncode == 1, finished.stderr[-3000:]
+    again = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (again["generated"], again["skipped"], again["failed"]) == (0, 1, 1)
 
 
 def test_a_world_size_that_differs_from_the_config_is_refused(real_data, tmp_path, params_path, model_factory) -> None:

@@ -105,6 +105,30 @@ def test_batched_cached_equals_naive(which, form, request, speech, portrait) -> 
     assert (fast.frames - slow.frames).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("size", [1, 2])
+def test_fewer_branches_per_forward_give_the_same_latents(channel_pipeline, size, speech, portrait) -> None:
+    guidance = build_guidance("humo-1.7b", "TIA", scale_text=5.0, scale_image=4.0, scale_audio=5.5)  # 4 branches
+    kwargs = dict(image=portrait, audio=speech, height=SIZE, width=SIZE, num_frames=9, num_inference_steps=STEPS,
+                  guidance=guidance, output_type="latent", progress=False)
+    together = channel_pipeline("a man talks", generator=seeded(), **kwargs)
+    batches: list[int] = []
+    forward = channel_pipeline.transformer.forward
+
+    def counted(hidden, *args, **kw):
+        batches.append(hidden.shape[0])
+        return forward(hidden, *args, **kw)
+
+    channel_pipeline.transformer.forward = counted
+    channel_pipeline.max_branch_batch = size
+    try:
+        apart = channel_pipeline("a man talks", generator=seeded(), **kwargs)
+    finally:
+        channel_pipeline.max_branch_batch = None
+        del channel_pipeline.transformer.forward
+    assert max(batches) == size and sum(batches) == 4 * STEPS
+    assert (together.frames - apart.frames).abs().max().item() < 1e-5
+
+
 def test_17b_form_runs_three_branches_per_step_and_context_once(pipeline, speech, portrait) -> None:
     seen: list[int] = []
     contexts: list[bool] = []

@@ -103,3 +103,44 @@ def test_a_failure_inside_generation_is_a_server_error_not_the_clients(
         model.predict(None, {"prompt": "x", "mode": "T", "steps": 2})
     assert caught.value.error_code == "INTERNAL_ERROR" and caught.value.get_http_status_code() == 500
     assert "generation failed: RuntimeError" in caught.value.message
+
+
+SERVE_SCRIPT = """
+import json, sys
+from types import SimpleNamespace
+from humo.registry.pyfunc import ARTIFACT_KEY, HumoPyfuncModel, example_audio_base64
+
+if __name__ == "__main__":
+    model = HumoPyfuncModel()
+    model.load_context(SimpleNamespace(artifacts={ARTIFACT_KEY: sys.argv[1]}))
+    request = {"prompt": "a person talks", "mode": "TA", "audio": example_audio_base64(), "steps": 2}
+    first = model.predict(None, [request]).iloc[0]
+    second = model.predict(None, [{**request, "seed": 1}]).iloc[0]  # the helpers serve more than one request
+    parallel = model.pipeline.parallel
+    print(json.dumps({"videos": [first["video"], second["video"]],
+                      "world": parallel.world_size if parallel else 1}))
+"""
+
+
+def test_a_served_model_splits_each_video_over_helper_processes(tmp_path: Path, registry_params: Params, tiny_parts) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from humo.inference.parallel import SEQUENCE_PARALLEL_ENV
+
+    folder = tmp_path / "model"
+    generate = registry_params.generate.model_copy(update={"height": 32, "width": 32})
+    build_model_folder(folder, tiny_parts["checkpoint"], tiny_parts["vae"], registry_params.encoders, generate,
+                       registry_params.registry, registry_params.limits, "run-a")
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE_SCRIPT)
+    outputs = {}
+    for world in (1, 2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", SEQUENCE_PARALLEL_ENV: str(world)}
+        done = subprocess.run([sys.executable, str(script), str(folder)], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[world] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outputs[2]["world"] == 2
+    assert outputs[2]["videos"] == outputs[1]["videos"]  # the same mp4 bytes, request after request

@@ -306,8 +306,8 @@ def build_pipeline(
     transformer = apply_memory_levers(transformer, settings.memory, torch.device(device))
     if parallel is not None:
         transformer = parallelize(transformer, parallel, settings.parallel)
-    text_encoder = load_text_encoder(encoders.text, device=device)
-    if parallel is not None and settings.parallel.shard_text:
+    text_encoder = load_text_encoder(encoders.text, device="cpu" if settings.memory.text_encoder_on_host else device)
+    if parallel is not None and settings.parallel.shard_text and not settings.memory.text_encoder_on_host:
         from humo.models.encoders.text import shard_text_encoder
 
         shard_text_encoder(text_encoder, parallel.device)
@@ -323,6 +323,7 @@ def build_pipeline(
     )
     pipe.set_progress_bar_config(disable=not settings.progress_bar or (parallel is not None and not parallel.is_main))
     pipe.parallel = parallel
+    pipe.max_branch_batch = settings.memory.max_branch_batch
     return pipe
 
 

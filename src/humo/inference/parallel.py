@@ -21,8 +21,11 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -161,6 +164,69 @@ def init_runtime(cfg: ParallelConfig) -> ParallelRuntime | None:
     runtime = ParallelRuntime(dist.get_rank(), dist.get_world_size(), device, SequenceParallel())
     logger.info("rank %d of %d on %s (%s)", runtime.rank, runtime.world_size, device, dist.get_backend())
     return runtime
+
+
+SEQUENCE_PARALLEL_ENV = "HUMO_SEQUENCE_PARALLEL"
+"""Processes a served model splits each video over (``humo serve generate.parallel.sequence_parallel=N`` sets it)."""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _run_follower(rank: int, world: int, port: int, follower: Callable[..., None], args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    follower(*args)
+
+
+def start_local_group(
+    world: int, follower: Callable[..., None], args: tuple, timeout_s: float
+) -> ParallelRuntime:
+    """Make this process rank 0 of a new group on this machine and start ranks 1..world-1 as child processes.
+
+    For servers, which are not launched by torchrun: each child runs ``follower(*args)`` (it builds its pipeline
+    with :func:`init_runtime` and follows rank 0). The children are daemons in this process's session, so they
+    end with the server.
+    """
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    context = mp.get_context("spawn")
+    for rank in range(1, world):
+        context.Process(target=_run_follower, args=(rank, world, port, follower, args), daemon=True).start()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE=str(world))
+    runtime = init_runtime(ParallelConfig(sequence_parallel=world, timeout_s=timeout_s))
+    assert runtime is not None  # world > 1
+    return runtime
+
+
+def launch_generate(
+    cfg: ParallelConfig,
+    requests: Path,
+    out_dir: Path,
+    model: str,
+    params_path: Path,
+    overrides: list[str],
+    master_port: int | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``humo generate`` for one request file under ``torchrun`` with ``cfg.sequence_parallel`` processes.
+
+    Used by the batch-inference flow, which then reads the summary rank 0 wrote into ``out_dir``. Returns the
+    finished process (its exit code is 1 when a request failed, as for ``humo generate``).
+    """
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(cfg.sequence_parallel),
+        *(["--master-port", str(master_port)] if master_port else ["--standalone"]),
+        "-m", "humo", "generate", "--requests", str(requests), "--out", str(out_dir), "--model", model,
+        "--params", str(params_path), *overrides,
+    ]
+    logger.info("launching %s", " ".join(command))
+    return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
 def parallelize(transformer: torch.nn.Module, runtime: ParallelRuntime, cfg: ParallelConfig) -> torch.nn.Module:

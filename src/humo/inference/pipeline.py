@@ -325,6 +325,8 @@ class HumoPipeline:
         self._negative_embeds: dict[str, torch.Tensor] = {}
         self._progress_bar_config: dict[str, Any] = {}
         self.parallel: ParallelRuntime | None = None
+        self.max_branch_batch: int | None = None
+        """Guidance branches per DiT forward (``generate.memory.max_branch_batch``); None: all in one."""
         """The process group when launched with torchrun (set by ``build_pipeline``); None in one process."""
 
     # ------------------------------------------------------------------------------------------------------------
@@ -629,12 +631,18 @@ class HumoPipeline:
             timestep = torch.full((len(active),), float(model_t), device=self.device)
             # c. the DiT: one batched forward with the cached context, or one forward per branch (naive)
             if batched:
-                key = tuple(active)
-                if key not in selections:
-                    selections[key] = _select_context(context, active)
-                velocity = self.transformer(
-                    hidden, timestep, condition=condition, num_ref_frames=NUM_REF_FRAMES, context=selections[key]
-                ).sample
+                size = self.max_branch_batch or len(active)  # branches per forward (1: one at a time, less memory)
+                parts = []
+                for first in range(0, len(active), size):
+                    rows = slice(first, first + size)
+                    key = tuple(active[rows])
+                    if key not in selections:
+                        selections[key] = _select_context(context, list(key))
+                    parts.append(self.transformer(
+                        hidden[rows], timestep[rows], condition=condition[rows] if condition is not None else None,
+                        num_ref_frames=NUM_REF_FRAMES, context=selections[key],
+                    ).sample)
+                velocity = torch.cat(parts)
             else:
                 velocity = torch.cat(
                     [

@@ -220,7 +220,8 @@ def apply_memory_levers(model: nn.Module, cfg: MemoryConfig, device: torch.devic
         )
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
     if dtype != torch.float32:
-        model.to(dtype)
+        for child in model.children():  # per child: ModelMixin.to() warns about fp32 modules we handle below
+            child.to(dtype)
         for name in FLOAT32_MODULES:
             model.get_submodule(name).float()
     if cfg.weight_storage == "fp8":

@@ -29,6 +29,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from humo.config import (
     AudioEncoderConfig,
     EncodersConfig,
     GenerateConfig,
+    ParallelConfig,
     RegistryConfig,
     RequestLimitsConfig,
     TextEncoderConfig,
@@ -51,6 +53,7 @@ from humo.config import (
 from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME
 from humo.registry.manifest import build_manifest, describe_component, sha256_file, verify_manifest, write_manifest
 from humo.inference.generate import GenerationRequest, InvalidRequestError, ModelInfo, generate
+from humo.inference.parallel import ParallelRuntime
 from humo.inference.pipeline import HumoPipeline
 from humo.registry.request import REQUEST_FIELDS, RESPONSE_FIELDS, parse_request
 
@@ -181,12 +184,13 @@ def build_model_folder(
 # =====================================================================================================================
 
 
-def load_pipeline_from_folder(folder: Path, device: str = "cpu"):
+def load_pipeline_from_folder(folder: Path, device: str = "cpu", parallel: ParallelRuntime | None = None):
     """Build a :class:`~humo.inference.pipeline.HumoPipeline` from a model folder, verifying referenced weights.
 
     Args:
         folder: a folder written by :func:`build_model_folder` (the pyfunc's ``model_dir`` artifact).
         device: where the models run.
+        parallel: this process's place in a sequence-parallel group (see :class:`HumoPyfuncModel`), or None.
 
     Returns:
         ``(pipeline, info)``: the pipeline and the content of ``humo_model.json``.
@@ -224,8 +228,13 @@ def load_pipeline_from_folder(folder: Path, device: str = "cpu"):
     else:
         vae_cfg, trained_vae = VaeConfig(kind="tiny"), roots.get("vae", folder / VAE_DIR)
     local = EncodersConfig(text=text_cfg, audio=audio_cfg, vae=vae_cfg)
+    if parallel is not None:
+        generate = generate.model_copy(
+            update={"parallel": generate.parallel.model_copy(update={"sequence_parallel": parallel.world_size})}
+        )
     pipeline = build_pipeline(
-        transformer, generate.model_copy(update={"progress_bar": False}), local, trained_vae, limits, device=device
+        transformer, generate.model_copy(update={"progress_bar": False}), local, trained_vae, limits, device=device,
+        parallel=parallel,
     )
     logger.info("humo model %s (training run %s) loaded from %s", info["model_name"], info["training_run_id"], folder)
     return pipeline, info
@@ -292,15 +301,38 @@ def _records(model_input: Any) -> list[dict[str, Any]]:
 # =====================================================================================================================
 
 
+def _serve_follower(folder: str) -> None:
+    """Ranks 1..N-1 of a served model: load the same pipeline and run rank 0's requests with it until it ends."""
+    from humo.inference.generate import follow
+    from humo.inference.parallel import init_runtime
+
+    runtime = init_runtime(ParallelConfig(sequence_parallel=int(os.environ["WORLD_SIZE"])))
+    pipeline, _ = load_pipeline_from_folder(Path(folder), parallel=runtime)
+    follow(pipeline)
+
+
 class HumoPyfuncModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around :class:`~humo.inference.pipeline.HumoPipeline` (one row = one video)."""
+    """MLflow pyfunc around :class:`~humo.inference.pipeline.HumoPipeline` (one row = one video).
+
+    With ``HUMO_SEQUENCE_PARALLEL=N`` in the server's environment (``humo serve
+    generate.parallel.sequence_parallel=N``) the server process becomes rank 0 of N and starts N-1 helper processes
+    that hold the same model; every video is then split over the N (``humo.inference.parallel``).
+    """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         """Verify referenced weights, load the DiT (EMA), encoders and VAE from the ``model_dir`` artifact."""
         import torch
 
+        from humo.inference.parallel import SEQUENCE_PARALLEL_ENV, start_local_group
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.pipeline, self.info = load_pipeline_from_folder(Path(context.artifacts[ARTIFACT_KEY]), device=device)
+        folder = Path(context.artifacts[ARTIFACT_KEY])
+        world = int(os.environ.get(SEQUENCE_PARALLEL_ENV, "1"))
+        parallel = None
+        if world > 1:
+            timeout = GenerateConfig.model_validate(json.loads((folder / MODEL_JSON).read_text())["generate"])
+            parallel = start_local_group(world, _serve_follower, (str(folder),), timeout.parallel.timeout_s)
+        self.pipeline, self.info = load_pipeline_from_folder(folder, device=device, parallel=parallel)
         self.generate = GenerateConfig.model_validate(self.info["generate"])
         self.limits = RequestLimitsConfig.model_validate(self.info["limits"])
 

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from humo.config import RegistryConfig, TrackingConfig
+from humo.inference.parallel import SEQUENCE_PARALLEL_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def start_server(
     host: str | None = None,
     port: int | None = None,
     log_file: Path | None = None,
+    sequence_parallel: int = 1,
 ) -> subprocess.Popen:
     """Start the scoring server in the background; the caller stops it (``terminate()``).
 
@@ -74,15 +76,19 @@ def start_server(
         tracking: where the registry is.
         alias, host, port: override ``registry``'s.
         log_file: where the server's output goes (None: inherit this process's streams).
+        sequence_parallel: processes each video is split over (the server starts the helpers itself).
     """
     uri = model_uri(registry.model_name, alias or registry.champion_alias)
     command = serve_command(uri, host or registry.host, port or registry.port, registry.timeout_s)
     logger.info("serving %s at http://%s:%d (%s)", uri, host or registry.host, port or registry.port, " ".join(command))
     stream = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 - handed to the child process
+    env = serve_environment(tracking.uri)
+    if sequence_parallel > 1:
+        env[SEQUENCE_PARALLEL_ENV] = str(sequence_parallel)
     try:
         return subprocess.Popen(
             command,
-            env=serve_environment(tracking.uri),
+            env=env,
             stdout=stream,
             stderr=subprocess.STDOUT if stream is not None else None,
             start_new_session=True,
@@ -104,10 +110,18 @@ def stop_server(process: subprocess.Popen, timeout_s: float = 20.0) -> int:
 
 
 def run(
-    registry: RegistryConfig, tracking: TrackingConfig, alias: str | None = None, host: str | None = None, port: int | None = None
+    registry: RegistryConfig,
+    tracking: TrackingConfig,
+    alias: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    sequence_parallel: int = 1,
 ) -> int:
-    """Serve in the foreground until Ctrl-C or SIGTERM, then stop the server and its workers; returns its exit code."""
-    process = start_server(registry, tracking, alias=alias, host=host, port=port)
+    """Serve in the foreground until Ctrl-C or SIGTERM, then stop the server and its workers; returns its exit code.
+
+    ``sequence_parallel`` (``generate.parallel.sequence_parallel``): split each video over that many processes.
+    """
+    process = start_server(registry, tracking, alias=alias, host=host, port=port, sequence_parallel=sequence_parallel)
 
     def _interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
