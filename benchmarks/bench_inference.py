@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import statistics
 import tempfile
@@ -46,6 +45,7 @@ from humo.diffusion.guidance import Branch, build_guidance
 from humo.inference.generate import resolve_guidance
 from humo.inference.pipeline import NUM_REF_FRAMES, BranchInputs, HumoPipeline
 from humo.models.encoders import VideoVAE, build_tiny_vae, load_audio_encoder, load_text_encoder
+from humo.models.testing import randomize_
 from humo.models.transformer import HumoTransformer3D
 
 MID_OVERRIDES: dict[str, object] = {"dim": 512, "num_heads": 8, "ffn_dim": 2048, "num_layers": 8}
@@ -57,16 +57,6 @@ RELEASED_CONTEXT: dict[str, object] = {
 humo-reference.md section 1.1) instead of the tiny preset's offline encoders (64 MiniLM tokens of 384, 80 mel)."""
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 KIB = 1024
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial random weights (init zeroes the head and the audio output, which would make every branch equal)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1 + 0.1 * noise if "norm" in name else noise / math.sqrt(max(param.shape[-1], 1)))
-    return model.eval()
 
 
 def step_benchmark(name: str, overrides: dict[str, object], args, text_encoder, audio_encoder, vae) -> dict:

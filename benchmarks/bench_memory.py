@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from humo.inference.pipeline import _select_context
 from humo.models.checkpoints import save_trained
 from humo.models.costs import LiveTensorPeak
 from humo.models.memory import apply_memory_levers
+from humo.models.testing import randomize_
 from humo.models.transformer import HumoTransformer3D
 
 MID = {"dim": 512, "num_layers": 8, "num_heads": 8, "ffn_dim": 2048}
@@ -49,13 +49,7 @@ LEVERS = {
 
 
 def build() -> HumoTransformer3D:
-    model = HumoTransformer3D.from_preset("tiny", **MID)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # trained-like weights everywhere (init zeroes the head and the audio output)
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1 + 0.1 * noise if "norm" in name else noise / math.sqrt(max(param.shape[-1], 1)))
-    return model.eval()
+    return randomize_(HumoTransformer3D.from_preset("tiny", **MID))
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -144,6 +138,7 @@ LOAD_SCRIPT = """
 import json, sys
 import torch
 from humo.models.checkpoints import load_trained_transformer
+from humo.models.testing import randomize_
 from humo.models.transformer import HumoTransformer3D
 HumoTransformer3D.from_preset('tiny', num_layers=1)  # warm-up: torch's first allocations are not the load's
 def status(key):  # VmHWM (peak) is per address space, so unlike ru_maxrss it does not inherit the parent's peak

@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 import statistics
@@ -30,6 +29,7 @@ import torch.multiprocessing as mp
 
 from humo.models.costs import Levers, LiveTensorPeak, Workload, activation_bytes
 from humo.models.parallel import SequenceParallel, local_parameter_bytes, shard_transformer
+from humo.models.testing import randomize_
 from humo.models.transformer import HumoTransformer3D
 
 MID = {"dim": 512, "num_layers": 8, "num_heads": 8, "ffn_dim": 2048}
@@ -38,13 +38,7 @@ WORK = Workload(SIDE * 8, SIDE * 8, (FRAMES - 2) * 4 + 1, BRANCHES)  # 9 video l
 
 
 def _model() -> HumoTransformer3D:
-    model = HumoTransformer3D.from_preset("tiny", **MID)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1 + 0.1 * noise if "norm" in name else noise / math.sqrt(max(param.shape[-1], 1)))
-    return model.eval()
+    return randomize_(HumoTransformer3D.from_preset("tiny", **MID))
 
 
 def _worker(rank: int, world: int, shard: bool, port: int, out: str) -> None:

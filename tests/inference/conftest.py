@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -11,19 +10,10 @@ import torch
 from humo.config import AudioEncoderConfig, TextEncoderConfig
 from humo.inference.pipeline import HumoPipeline
 from humo.models.encoders import VideoVAE, build_tiny_vae, load_audio_encoder, load_text_encoder
+from humo.models.testing import randomize_
 from humo.models.transformer import HumoTransformer3D
 
 TINY_VAE_BASE_DIM = 8
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial random weights everywhere (init zeroes the head and the audio output, which would hide bugs)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1 + 0.1 * noise if "norm" in name else noise / math.sqrt(max(param.shape[-1], 1)))
-    return model.eval()
 
 
 @pytest.fixture(scope="session")
@@ -77,6 +67,33 @@ def portrait(real_data) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(real_data / "humo_man_Jaime.png").convert("RGB"))
+
+
+@pytest.fixture
+def generate_case(tmp_path, real_data):
+    """What ``humo generate`` needs: a trained-checkpoint folder, a tiny VAE under ``paths.artifacts``, a JSONL of
+    one good and one bad request, and the overrides for a fast run. Returns ``(checkpoint, requests, overrides)``."""
+    import json
+
+    from humo.models.checkpoints import save_trained
+
+    model = make_transformer()
+    state = model.state_dict()
+    checkpoint = save_trained(
+        tmp_path / "train_stage2", state, state,
+        config={"stage": 2, "preset": "tiny", "transformer": model.humo_config.model_dump(mode="json"), "params": {}},
+        run={"run_id": "run123", "checkpoint": "ema.safetensors"},
+    )
+    build_tiny_vae(TINY_VAE_BASE_DIM).save_pretrained(tmp_path / "artifacts" / "train_vae" / "vae")
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        json.dumps({"id": "ok", "prompt": "a man talks", "img_paths": [str(real_data / "humo_man_Jaime.png")],
+                    "audio_path": str(real_data / "humo_audio1.wav")}) + "\n"
+        + json.dumps({"id": "bad", "prompt": "a man talks", "audio_path": "missing.wav", "mode": "TA"}) + "\n"
+    )
+    overrides = [f"paths.artifacts={tmp_path / 'artifacts'}", "generate.steps=2", "generate.height=32",
+                 "generate.width=32", "generate.max_frames=9", "generate.progress_bar=false"]
+    return checkpoint, requests, overrides
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ parallelism switched off) and records the largest difference, which the test the
 from __future__ import annotations
 
 import json
-import math
 import os
 import socket
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.multiprocessing as mp
 from humo.config import AudioEncoderConfig, TextEncoderConfig
 from humo.inference.parallel import ParallelRankError, ParallelRuntime
 from humo.models.parallel import SequenceParallel, even_split, local_parameter_bytes, shard_transformer
+from humo.models.testing import randomize_
 from humo.models.transformer import HumoTransformer3D
 
 WORLD = 2
@@ -38,13 +38,7 @@ def _transformer(reference_mode: str, seed: int, **overrides: object) -> HumoTra
     extra: dict[str, object] = {"num_layers": 2, **overrides}
     if reference_mode == "channel":
         extra.update(reference_mode="channel", in_channels=36)
-    model = HumoTransformer3D.from_preset("tiny", **extra)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # non-trivial weights everywhere (init zeroes the head and the audio output)
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1 + 0.1 * noise if "norm" in name else noise / math.sqrt(max(param.shape[-1], 1)))
-    return model.eval()
+    return randomize_(HumoTransformer3D.from_preset("tiny", **extra), seed)
 
 
 def _pipeline(transformer, encoders):

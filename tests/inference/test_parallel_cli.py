@@ -12,10 +12,6 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from humo.cli import app
-from humo.models.checkpoints import save_trained
-from humo.models.encoders import build_tiny_vae
-
-TINY_VAE_BASE_DIM = 8
 
 
 def _free_port() -> int:
@@ -24,28 +20,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _setup(tmp_path: Path, real_data: Path, model_factory) -> tuple[Path, Path, list[str]]:
-    model = model_factory()
-    state = model.state_dict()
-    checkpoint = save_trained(
-        tmp_path / "train_stage2", state, state,
-        config={"stage": 2, "preset": "tiny", "transformer": model.humo_config.model_dump(mode="json"), "params": {}},
-        run={"run_id": "run123", "checkpoint": "ema.safetensors"},
-    )
-    build_tiny_vae(TINY_VAE_BASE_DIM).save_pretrained(tmp_path / "artifacts" / "train_vae" / "vae")
-    requests = tmp_path / "requests.jsonl"
-    requests.write_text(
-        json.dumps({"id": "ok", "prompt": "a man talks", "img_paths": [str(real_data / "humo_man_Jaime.png")],
-                    "audio_path": str(real_data / "humo_audio1.wav")}) + "\n"
-        + json.dumps({"id": "bad", "prompt": "a man talks", "audio_path": "missing.wav", "mode": "TA"}) + "\n"
-    )
-    overrides = [f"paths.artifacts={tmp_path / 'artifacts'}", "generate.steps=2", "generate.height=32",
-                 "generate.width=32", "generate.max_frames=9", "generate.progress_bar=false"]
-    return checkpoint, requests, overrides
-
-
-def test_torchrun_two_processes_write_the_one_process_video(real_data, tmp_path, params_path, model_factory) -> None:
-    checkpoint, requests, overrides = _setup(tmp_path, real_data, model_factory)
+def test_torchrun_two_processes_write_the_one_process_video(tmp_path, params_path, generate_case) -> None:
+    checkpoint, requests, overrides = generate_case
     common = ["--requests", str(requests), "--model", str(checkpoint), "--params", str(params_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # both runs in fresh processes with the same threads
     single = subprocess.run([sys.executable, "-m", "humo", "generate", *common, "--out", str(tmp_path / "one"),
@@ -84,8 +60,8 @@ def test_torchrun_two_processes_write_the_one_process_video(real_data, tmp_path,
     assert (again["generated"], again["skipped"], again["failed"]) == (0, 1, 1)
 
 
-def test_a_world_size_that_differs_from_the_config_is_refused(real_data, tmp_path, params_path, model_factory) -> None:
-    checkpoint, requests, overrides = _setup(tmp_path, real_data, model_factory)
+def test_a_world_size_that_differs_from_the_config_is_refused(tmp_path, params_path, generate_case) -> None:
+    checkpoint, requests, overrides = generate_case
     result = CliRunner().invoke(
         app, ["generate", "--requests", str(requests), "--model", str(checkpoint), "--params", str(params_path),
               "--out", str(tmp_path / "out"), *overrides, "generate.parallel.sequence_parallel=2"],

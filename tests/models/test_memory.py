@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,17 +19,12 @@ from humo.models.memory import (
     scaled_fp8_state_dict,
     store_fp8,
 )
+from humo.models.testing import randomize_
 from humo.models.transformer import HumoTransformer3D
 
 
 def _model(seed: int = 0, **overrides: object) -> HumoTransformer3D:
-    model = HumoTransformer3D.from_preset("tiny", num_layers=2, **overrides)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1 + 0.1 * noise if "norm" in name else noise / math.sqrt(max(param.shape[-1], 1)))
-    return model.eval()
+    return randomize_(HumoTransformer3D.from_preset("tiny", num_layers=2, **overrides), seed)
 
 
 def _inputs(model: HumoTransformer3D, seed: int = 1) -> dict[str, torch.Tensor]:
