@@ -32,5 +32,9 @@ AUDIO_TOKENS_PER_FRAME = 16
 TEXT_CONTEXT_LEN = 512
 """Text tokens given to the DiT by the real umT5 path (padded/truncated)."""
 
+# --- reference image ------------------------------------------------------------------------------
+NUM_REF_FRAMES = 1
+"""Reference latent frames appended after the video (one reference image, as upstream's examples)."""
+
 # --- diffusion --------------------------------------------------------------------------------------
 NUM_TRAIN_TIMESTEPS = 1000

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from humo.constants import (
     AUDIO_SAMPLE_RATE,
+    NUM_REF_FRAMES,
     SAMPLES_PER_VIDEO_FRAME,
     VAE_SPATIAL_STRIDE,
     VAE_TEMPORAL_STRIDE,
@@ -60,8 +61,6 @@ OutputType = Literal["np", "pt", "latent", "mp4"]
 Solver = Literal["unipc", "euler"]
 PrefixHold = Literal["clean", "noised"]
 
-NUM_REF_FRAMES = 1
-"""Reference latent frames appended after the video (one reference image, as upstream's examples)."""
 SIZE_MULTIPLE = VAE_SPATIAL_STRIDE * 2
 """Pixel sizes must be multiples of 16: the VAE downsamples 8x and the DiT patches 2x2 latent cells."""
 MAX_SIDE = 4096

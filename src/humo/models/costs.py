@@ -21,10 +21,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from humo.constants import VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE
+from humo.constants import NUM_REF_FRAMES, VAE_SPATIAL_STRIDE, VAE_TEMPORAL_STRIDE
 from humo.models.presets import HumoDiTConfig
 
-NUM_REF_FRAMES = 1
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LINEARS_PER_BLOCK = 14
 """q, k, v, o of the self, text and audio attentions, and the two FFN layers."""
