@@ -17,6 +17,10 @@ What it measures (float32, ``torch.no_grad``):
    example request (2.26 s of speech -> 53 frames at 25 fps), with ``generate.steps`` from params.yaml.
 3. **Peak memory** of the end-to-end run: on CPU the process's peak resident set size growth (``ru_maxrss``) over
    the run; on CUDA ``torch.cuda.max_memory_allocated``.
+4. **Seconds per whole video** at the mid trunk (``generate.steps`` TIA steps): upstream-style sampling (one forward
+   per branch, context recomputed), our full batched sampler, and the batched sampler with a speed preset
+   (``--speed``, step caching + guidance truncation), timed round robin; with the DiT forwards each made and the
+   final latents' difference from the full sampler (target: 4x faster than upstream-style).
 Long-video seams are measured by ``benchmarks/bench_long_video.py``.
 
 Usage::
@@ -42,7 +46,11 @@ import torch
 
 from humo.config import AudioEncoderConfig, TextEncoderConfig, load_params
 from humo.diffusion.guidance import Branch, build_guidance
+from humo.diffusion.step_cache import CacheCalibration, CachePolicy, consecutive_changes, fit_branch
+from humo.inference.calibrate import ResidualRecorder
 from humo.inference.generate import resolve_guidance
+from humo.inference.speed import preset as speed_preset
+from humo.inference.speed import truncation_for
 from humo.inference.pipeline import NUM_REF_FRAMES, BranchInputs, HumoPipeline
 from humo.models.encoders import VideoVAE, build_tiny_vae, load_audio_encoder, load_text_encoder
 from humo.models.testing import randomize_
@@ -57,6 +65,8 @@ RELEASED_CONTEXT: dict[str, object] = {
 humo-reference.md section 1.1) instead of the tiny preset's offline encoders (64 MiniLM tokens of 384, 80 mel)."""
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 KIB = 1024
+DEFAULT_SPEED = "fast"
+"""The speed preset of the whole-video rows: the one the speed study chose (README, "Fewer forwards")."""
 
 
 def step_benchmark(name: str, overrides: dict[str, object], args, text_encoder, audio_encoder, vae) -> dict:
@@ -110,6 +120,80 @@ def step_benchmark(name: str, overrides: dict[str, object], args, text_encoder, 
         "s_per_step_naive": round(results["naive"][0], 5),
         "speedup": round(results["naive"][0] / results["batched"][0], 2),
         "max_abs_diff": diff,
+    }
+
+
+def _calibration_for(pipe, inputs, guidance, noise, steps: int, path: Path) -> CacheCalibration:
+    """The trained model's step-cache calibration (its MagCache ratios depend on the schedule only), or, without
+    one, a fit of this random model from one exact run."""
+    if path.is_file():
+        return CacheCalibration.load(path)
+    recorder = ResidualRecorder(steps)
+    pipe.denoise(noise, inputs, guidance, steps, progress=False, recorder=recorder)
+    timesteps = pipe.model_timesteps(steps)
+    change = consecutive_changes(list(pipe.transformer.timestep_modulation(torch.tensor(timesteps, dtype=torch.float32)).numpy()))
+    branches = {
+        name: fit_branch(timesteps, change, recorder.prediction_change[name][None], recorder.residual_ratio[name][None])[0]
+        for name in recorder.prediction_change
+    }
+    return CacheCalibration("random mid model", steps, pipe.shift, branches)
+
+
+def video_benchmark(args, text_encoder, audio_encoder, vae) -> dict:
+    """Seconds per whole video at the mid configuration: upstream-style sampling (one forward per branch, context
+    recomputed), our full batched sampler, and the batched sampler with a speed preset (cache + truncation)."""
+    params = load_params(args.params)
+    settings = params.generate
+    steps = args.video_steps or settings.steps
+    model = randomize_(HumoTransformer3D.from_preset("tiny", **MID_OVERRIDES)).to(args.device)
+    cfg = model.humo_config
+    pipe = HumoPipeline(model, vae, text_encoder, audio_encoder, solver=settings.solver, shift=settings.shift,
+                        max_frames=args.frames)
+    guidance, _ = resolve_guidance(settings.guidance, "TIA", cfg)
+    g = torch.Generator().manual_seed(1)
+    num_latent, h = (args.frames - 1) // 4 + 1, args.size // 8
+    audio = torch.randn(1, num_latent, cfg.audio_window, cfg.audio_groups, cfg.audio_channels, generator=g)
+    inputs = pipe.prepare_branch_inputs(
+        guidance.chain, torch.randn(1, cfg.text_len, cfg.text_dim, generator=g),
+        torch.randn(1, cfg.text_len, cfg.text_dim, generator=g), audio,
+        torch.randn(1, 16, NUM_REF_FRAMES, h, h, generator=g), args.size, args.size,
+    )
+    noise = torch.randn(1, 16, num_latent + NUM_REF_FRAMES, h, h, generator=g).to(args.device)
+    calibration = _calibration_for(pipe, inputs, guidance, noise, steps, Path(settings.cache_calibration))
+    preset = speed_preset(settings, args.speed)
+    fast_guidance = guidance.with_truncation(truncation_for(preset.truncate, steps, settings.shift))
+    policy = None
+    if preset.cache.enabled:
+        policy = CachePolicy(preset.cache.criterion, preset.cache.threshold, calibration, preset.cache.max_skips,
+                             preset.cache.retain_fraction)
+    forms = {
+        "upstream-style": dict(guidance=guidance, batched=False),
+        "full": dict(guidance=guidance),
+        f"speed {args.speed}": dict(guidance=fast_guidance, cache=policy),
+    }
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    forwards, finals = {}, {}
+    for _ in range(args.video_repeats):
+        for name, kwargs in forms.items():  # round robin: a slow stretch of the machine hits every form
+            before = pipe.dit_forwards
+            _sync(args.device)
+            tick = time.perf_counter()
+            finals[name] = pipe.denoise(noise, inputs, num_inference_steps=steps, progress=False, **kwargs)
+            _sync(args.device)
+            times[name].append(time.perf_counter() - tick)
+            forwards[name] = pipe.dit_forwards - before
+    upstream = statistics.median(times["upstream-style"])
+    scale = finals["full"].abs().max().item()
+    return {
+        "preset": "mid (dim 512, 8 blocks)", "steps": steps, "frames": args.frames, "calibration": calibration.model,
+        "rows": [
+            {
+                "sampler": name, "dit_forwards": forwards[name], "s_per_video": round(statistics.median(times[name]), 2),
+                "speedup_vs_upstream": round(upstream / statistics.median(times[name]), 2),
+                "rel_diff_vs_full": round((finals[name] - finals["full"]).abs().max().item() / scale, 5),
+            }
+            for name in forms
+        ],
     }
 
 
@@ -173,6 +257,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="height = width in pixels of the step benchmark")
     parser.add_argument("--e2e-steps", type=int, default=None, help="steps of the end-to-end run (default params)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--speed", default=DEFAULT_SPEED, help="speed preset of the whole-video rows")
+    parser.add_argument("--video-steps", type=int, default=None, help="steps of the whole-video rows (default params)")
+    parser.add_argument("--video-repeats", type=int, default=1, help="timed whole videos per sampler (round robin)")
+    parser.add_argument("--skip-video", action="store_true", help="leave out the whole-video rows (minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -189,7 +277,9 @@ def main() -> None:
         step_benchmark("mid + released context", {**MID_OVERRIDES, **RELEASED_CONTEXT}, args, text_encoder,
                        audio_encoder, vae),
     ]
-    report = {"device": args.device, "threads": torch.get_num_threads(), "step": steps, "end_to_end": e2e}
+    video = None if args.skip_video else video_benchmark(args, text_encoder, audio_encoder, vae)
+    report = {"device": args.device, "threads": torch.get_num_threads(), "step": steps, "end_to_end": e2e,
+              "video": video}
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -203,6 +293,13 @@ def main() -> None:
     print(f"end to end (tiny, {e2e['size']}, {e2e['frames']} frames = {e2e['seconds_of_video']:.2f} s of video, "
           f"{e2e['steps']} {e2e['solver']} steps): {e2e['seconds']:.2f} s -> {e2e['s_per_video_second']:.2f} s per "
           f"second of video; phases {e2e['phases_s']}; peak memory {e2e['peak_memory_MiB']} MiB ({e2e['peak_memory_kind']})")
+    if video is not None:
+        print(f"whole video, {video['preset']}, {video['frames']} frames, {video['steps']} steps, TIA "
+              f"(calibration: {video['calibration']})")
+        print(f"{'sampler':<28}{'DiT forwards':>14}{'s / video':>11}{'vs upstream':>13}{'rel diff vs full':>18}")
+        for row in video["rows"]:
+            print(f"{row['sampler']:<28}{row['dit_forwards']:>14}{row['s_per_video']:>11.2f}"
+                  f"{row['speedup_vs_upstream']:>12.2f}x{row['rel_diff_vs_full']:>18.4f}")
 
 
 if __name__ == "__main__":

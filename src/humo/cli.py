@@ -321,6 +321,49 @@ def evaluate(
     logger.info("evaluate: gate %s (%s)", "passed" if decision.passed else "failed", decision.reason)
 
 
+@app.command("calibrate-cache")
+def calibrate_cache(
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Checkpoint folder to fit (default artifacts/train_stage2).")
+    ] = None,
+    requests: Annotated[
+        Path | None,
+        typer.Option("--requests", "-r", help="test_case.json or .jsonl to calibrate on (default: training clips)."),
+    ] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    overrides: Overrides = None,
+) -> None:
+    """Fit the step cache on the model (exact runs, every branch recorded); writes generate.cache_calibration."""
+    p = _load(params, overrides)
+    from humo.inference import calibrate
+
+    try:
+        loaded = calibrate.requests_from_file(requests, p.limits) if requests is not None else None
+        path = calibrate.run(p.calibrate_cache, p.generate, p.limits, p.encoders, p.paths, model=model, requests=loaded)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    logger.info("calibrate-cache: wrote %s", path)
+
+
+@app.command("speed-study")
+def speed_study(
+    candidate: Annotated[
+        Path | None, typer.Option("--candidate", help="Checkpoint folder to study (default artifacts/train_stage2).")
+    ] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    overrides: Overrides = None,
+) -> None:
+    """DiT forwards, seconds and quality of each speed setting against the full sampler (reports/speed)."""
+    p = _load(params, overrides)
+    from humo.evaluation import speed
+
+    try:
+        document = speed.run(p.evaluate, p.generate, p.limits, p.encoders, p.paths, candidate=candidate)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    logger.info("speed-study: best setting within noise: %s", document["best_within_noise"])
+
+
 @app.command("evaluate-real")
 def evaluate_real(
     video: Annotated[Path, typer.Argument(help="A real talking-person video.")],

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_PARAMS_PATH = Path("params.yaml")
 
@@ -355,6 +355,63 @@ class PiecewiseScaleConfig(Section):
         return self
 
 
+SPEED_BUILTINS: tuple[str, ...] = ("off", "config")
+"""Request ``speed`` values that every configuration has: no caching nor truncation, and the configured ones."""
+
+
+class TruncateConfig(Section):
+    """Guidance truncation (humo.diffusion.guidance.Truncation): from ``from_step`` on, the ``drop`` branches are no
+    longer evaluated; each is folded out of the guidance chain (the classic case: drop the unconditional ``∅``)."""
+
+    from_step: int | None = Field(None, ge=1)
+    """First solver step (0-based) without the dropped branches; None: off (exact). It must come after the
+    17B form's switch (step 5 of 50)."""
+    drop: tuple[str, ...] = ("I", "∅")
+    """Branch names (``∅``, ``I``, ``T``, ``TI``, ``TA``); names a mode's chain does not have are ignored. The
+    default drops the text negatives: late steps keep the audio guidance only."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TruncateConfig:
+        for name in self.drop:
+            if name not in ("∅", "null") and (not name or set(name.upper()) - set("TIA")):
+                raise ValueError(f"truncate.drop has {name!r}; branch names use the letters T, I, A, or '∅'")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.from_step is not None and bool(self.drop)
+
+
+class StepCacheConfig(Section):
+    """Step caching (humo.diffusion.step_cache): a branch reuses its last block residual while the calibrated
+    criterion stays under ``threshold``; fitted on the model by ``humo calibrate-cache``."""
+
+    criterion: Literal["off", "teacache", "magcache"] = "off"
+    """``off`` (exact), ``teacache`` (rescaled modulation change) or ``magcache`` (residual-norm ratio)."""
+
+    @field_validator("criterion", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML 1.1 reads a bare `off` as false
+    threshold: float = Field(0.1, gt=0)
+    """Accumulated estimated change (teacache) or ratio error (magcache) under which a step reuses."""
+    max_skips: int = Field(3, ge=1)
+    """Reuses in a row at most, per branch."""
+    retain_fraction: float = Field(0.2, ge=0, le=1)
+    """The first share of the steps always computes (the layout is decided there)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.criterion != "off"
+
+
+class SpeedPresetConfig(Section):
+    """A named bundle of step caching and guidance truncation that a request may pick (request field ``speed``)."""
+
+    cache: StepCacheConfig = StepCacheConfig()
+    truncate: TruncateConfig = TruncateConfig()
+
+
 class GuidanceConfig(Section):
     """Multi-condition classifier-free guidance (humo-reference.md 2.2); see ``humo.diffusion.guidance``."""
 
@@ -374,6 +431,8 @@ class GuidanceConfig(Section):
     """17B form: after the switch the text+image scale is ``scale_text - late_text_offset``."""
     custom: dict[Literal["text", "image", "audio"], PiecewiseScaleConfig] = Field(default_factory=dict)
     """``form: custom`` only: a piecewise scale per condition, e.g. ``text: {values: [7, 4], switch_points: [980]}``."""
+    truncate: TruncateConfig = TruncateConfig()
+    """Drop branches in late steps (off by default)."""
 
 
 class LongVideoConfig(Section):
@@ -456,9 +515,18 @@ class GenerateConfig(Section):
     """Show a tqdm bar over the denoising steps."""
     parallel: ParallelConfig = ParallelConfig()
     memory: MemoryConfig = MemoryConfig()
+    cache: StepCacheConfig = StepCacheConfig()
+    cache_calibration: Path = Path("artifacts/calibrate_cache/calibration.json")
+    """The step-cache fit of the model (``humo calibrate-cache`` writes it; a registered model carries its own)."""
+    speed_presets: dict[str, SpeedPresetConfig] = Field(default_factory=dict)
+    """Named cache + truncation settings a request may pick with ``speed``; ``off`` (neither) and ``config``
+    (``cache`` and ``guidance.truncate`` above) are built in."""
 
     @model_validator(mode="after")
     def _check(self) -> GenerateConfig:
+        reserved = sorted(set(self.speed_presets) & set(SPEED_BUILTINS))
+        if reserved:
+            raise ValueError(f"speed_presets may not be named {reserved}: those names are built in")
         if self.height % 16 or self.width % 16:
             raise ValueError(
                 f"height x width = {self.height}x{self.width} must be multiples of 16 (VAE 8x, patch 2x), e.g. 64x64"
@@ -479,6 +547,16 @@ class GenerateConfig(Section):
                 f"{(self.max_frames - 1) // 4 + 1} latent frames of a max_frames={self.max_frames} window"
             )
         return self
+
+
+class CalibrateCacheConfig(Section):
+    """The ``calibrate_cache`` stage: fit the step cache on the trained model (humo.inference.calibrate)."""
+
+    num_clips: int = Field(4, ge=1)
+    """Training clips of the curated manifest to generate (each in every mode below), never evaluation cases."""
+    modes: tuple[Literal["T", "TI", "TA", "TIA"], ...] = ("TA", "TI", "TIA")
+    """Modes to run: together they must cover every branch a served mode uses."""
+    seed: int = 0
 
 
 class PrecomputeConfig(Section):
@@ -709,6 +787,20 @@ class EvaluateGateConfig(Section):
     """Figure -> highest acceptable value."""
 
 
+class SpeedStudyConfig(Section):
+    """The ``speed_study`` stage (humo.evaluation.speed): each speed setting against the full sampler."""
+
+    rows: tuple[str, ...] = ()
+    """Speed choices to measure: names of ``generate.speed_presets`` (the full sampler ``off`` always runs)."""
+    step_baselines: tuple[int, ...] = ()
+    """The full sampler at these step counts too: the cheap shortcut every caching setting has to beat."""
+    seeds: int = Field(3, ge=1)
+    """Seeds per row; the full run's spread over them is the noise a difference is read against."""
+    steps: int = Field(50, ge=1)
+    mode: Literal["T", "TA", "TI", "TIA"] = "TIA"
+    seed: int = 0
+
+
 class EvaluateConfig(Section):
     """The ``eval_set`` and ``evaluate`` stages: a fixed held-out set, generation in several modes, metrics, gate."""
 
@@ -744,6 +836,8 @@ class EvaluateConfig(Section):
     real_sync_scorer: Literal["auto", "motion", "mouth", "lips", "syncnet"] = "auto"
     """Real-video check: the sync scorer (``auto``: ``lips`` with ``humo[faces]``, else ``mouth``)."""
     gate: EvaluateGateConfig = EvaluateGateConfig()
+    speed: SpeedStudyConfig = SpeedStudyConfig()
+    """The quality-speed table of step caching and guidance truncation (stage ``speed_study``)."""
 
 
 class Params(Section):
@@ -763,6 +857,7 @@ class Params(Section):
     generate: GenerateConfig = GenerateConfig()
     limits: RequestLimitsConfig = RequestLimitsConfig()
     """What one request may ask for, the same in every entry point (``humo.inference.generate``)."""
+    calibrate_cache: CalibrateCacheConfig = CalibrateCacheConfig()
     curate: CurateConfig = CurateConfig()
     validation: ValidateConfig = ValidateConfig()
     """Checks of the curated manifest; named ``validation`` because ``validate`` shadows a pydantic method."""
@@ -772,6 +867,12 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Params:
+        unknown = sorted(set(self.evaluate.speed.rows) - set(self.generate.speed_presets) - set(SPEED_BUILTINS))
+        if unknown:
+            raise ValueError(
+                f"evaluate.speed.rows names {unknown}, which are not in generate.speed_presets "
+                f"({sorted(self.generate.speed_presets)}) nor built in ({list(SPEED_BUILTINS)})"
+            )
         side = self.limits.max_video_side
         if max(self.generate.height, self.generate.width) > side:
             raise ValueError(

@@ -59,10 +59,21 @@ CASES = {
     "17b-layout TIA sharded": ("channel", "TIA", 17, {}, True, False),
     "3 heads, 5 latent frames (uneven)": ("temporal", "TIA", 13, {"dim": 96, "num_heads": 3}, False, False),
     "long video, 2 windows": ("temporal", "TIA", 29, {}, False, True),
+    "17b-layout TA, step cache": ("channel", "TA", 17, {}, False, False),
 }
+CACHED_CASES = {"17b-layout TA, step cache"}
+"""Cases run with a step cache that reuses every branch's residual at the middle step (each rank its own tokens')."""
 
 
-def _run_case(pipe, mode: str, frames: int, long: bool, inputs) -> torch.Tensor:
+def _step_cache():
+    from humo.diffusion.step_cache import BranchCalibration, CacheCalibration, CachePolicy
+
+    flat = BranchCalibration(poly=(0.0,), timesteps=(999.0, 0.0), log_ratios=(0.0, 0.0))
+    calibration = CacheCalibration("flat", STEPS, 5.0, {name: flat for name in ("TA", "T", "∅")})
+    return CachePolicy("magcache", 0.1, calibration, max_skips=1, retain_fraction=0.0)
+
+
+def _run_case(pipe, mode: str, frames: int, long: bool, inputs, cache=None) -> torch.Tensor:
     from humo.inference.long_video import generate_long
 
     image, audio = inputs
@@ -73,7 +84,7 @@ def _run_case(pipe, mode: str, frames: int, long: bool, inputs) -> torch.Tensor:
         output, _ = generate_long(pipe, "a person talks", audio, window_frames=17, overlap_latent_frames=2,
                                   seam_strength=0.0, **kwargs)
     else:
-        output = pipe("a person talks", audio=audio, num_frames=frames, **kwargs)
+        output = pipe("a person talks", audio=audio, num_frames=frames, cache=cache, **kwargs)
     return output.frames
 
 
@@ -108,13 +119,14 @@ def _worker(rank: int, port: int, out: str) -> None:
     results: dict[str, object] = {}
     for index, (name, (layout, mode, frames, overrides, shard, long)) in enumerate(CASES.items()):
         model = _transformer(layout, seed=index, **overrides)
-        reference = _run_case(_pipeline(model, encoders), mode, frames, long, inputs) if rank == 0 else None
+        cache = _step_cache() if name in CACHED_CASES else None
+        reference = _run_case(_pipeline(model, encoders), mode, frames, long, inputs, cache) if rank == 0 else None
         full_bytes = local_parameter_bytes(model)
         model.enable_sequence_parallel(sequence)
         if shard:
             shard_transformer(model, torch.device("cpu"))
         calls = _count_all_to_all()
-        parallel = _run_case(_pipeline(model, encoders), mode, frames, long, inputs)
+        parallel = _run_case(_pipeline(model, encoders), mode, frames, long, inputs, cache)
         calls.undo()
         if rank == 0:
             results[name] = {
@@ -161,8 +173,10 @@ def test_two_processes_give_the_one_process_latents(parallel_results, case) -> N
     result = parallel_results["cases"][case]
     assert result["scale"] > 0.1  # the latents are not trivially zero
     assert result["max_abs"] < TOLERANCE, result
-    # 4 all-to-alls (q, k, v, out) per block (2) per forward (3 steps; x2 windows for the long video)
-    assert result["all_to_alls"] == 4 * 2 * STEPS * (2 if CASES[case][5] else 1), result
+    # 4 all-to-alls (q, k, v, out) per block (2) per forward (3 steps, the middle one reused with the step cache;
+    # x2 windows for the long video)
+    forwards = STEPS - 1 if case in CACHED_CASES else STEPS
+    assert result["all_to_alls"] == 4 * 2 * forwards * (2 if CASES[case][5] else 1), result
 
 
 def test_sharding_halves_the_parameter_bytes_per_process(parallel_results) -> None:

@@ -154,6 +154,21 @@ class Branch:
 
 
 @dataclass(frozen=True)
+class Truncation:
+    """Guidance truncation: from ``at_or_below`` down, the ``drop`` branches are no longer evaluated.
+
+    A dropped branch is folded out of the chain so that its coefficient becomes 0: the link above it takes the
+    scale of the link below it (the condition it separated is then guided jointly with the next one), and a
+    dropped base sets the last link's scale to 1 (that condition is no longer guided). Dropping the base late is
+    the classic "CFG truncation" (the unconditional branch is skipped).
+    """
+
+    at_or_below: float
+    """Timestep from which (inclusive, downwards) the truncation applies."""
+    drop: tuple[Branch, ...]
+
+
+@dataclass(frozen=True)
 class GuidanceSchedule:
     """Multi-condition CFG as a chain of branches whose link scales are piecewise constant in the timestep.
 
@@ -179,6 +194,7 @@ class GuidanceSchedule:
 
     chain: tuple[Branch, ...]
     scales: tuple[PiecewiseScale, ...]
+    truncation: Truncation | None = None
 
     def __post_init__(self) -> None:
         if len(self.chain) < 1 or len(self.scales) != len(self.chain) - 1:
@@ -188,6 +204,39 @@ class GuidanceSchedule:
             )
         if len(set(self.chain)) != len(self.chain):
             raise ValueError(f"chain {[b.name for b in self.chain]} repeats a branch; each branch appears once")
+        if self.truncation is not None:
+            self._check_truncation(self.truncation)
+
+    def _check_truncation(self, truncation: Truncation) -> None:
+        names = [b.name for b in self.chain]
+        if self.chain[0] in truncation.drop:
+            raise ValueError(f"guidance truncation cannot drop {names[0]}, the fully conditioned branch of {names}")
+        unknown = [b.name for b in truncation.drop if b not in self.chain]
+        if unknown:
+            raise ValueError(f"guidance truncation drops {unknown}, which are not in the chain {names}")
+        switches = [point for scale in self.scales for point in scale.switch_points]
+        if switches and truncation.at_or_below >= min(switches):
+            raise ValueError(
+                f"guidance truncation from timestep {truncation.at_or_below:g} would start before the guidance "
+                f"switch at {min(switches):g}; start it at a later step"
+            )
+
+    def with_truncation(self, truncation: Truncation | None) -> GuidanceSchedule:
+        """The same schedule truncated (branches of ``truncation.drop`` not in the chain are ignored)."""
+        if truncation is not None:
+            kept = tuple(b for b in truncation.drop if b in self.chain)
+            truncation = Truncation(truncation.at_or_below, kept) if kept else None
+        return GuidanceSchedule(self.chain, self.scales, truncation)
+
+    def link_scales(self, timestep: float) -> list[float]:
+        """The link scales at ``timestep``, after the truncation's folds when it applies."""
+        link = [scale(timestep) for scale in self.scales]
+        truncation = self.truncation
+        if truncation is not None and timestep <= truncation.at_or_below:
+            # from the base upwards, so that dropping two neighbours folds both
+            for index in sorted((self.chain.index(b) for b in truncation.drop), reverse=True):
+                link[index - 1] = 1.0 if index == len(self.chain) - 1 else link[index]
+        return link
 
     def coefficients(self, timestep: float) -> dict[Branch, float]:
         """Weight of each branch at ``timestep``; branches with weight 0 are left out.
@@ -195,7 +244,7 @@ class GuidanceSchedule:
         Returns:
             ``{branch: coefficient}`` in chain order; the coefficients sum to 1.
         """
-        link = [scale(timestep) for scale in self.scales]
+        link = self.link_scales(timestep)
         weights = [*link, 1.0]  # weight of b_k before subtracting the previous link
         previous = [0.0, *link]
         coefficients = {branch: w - p for branch, w, p in zip(self.chain, weights, previous)}
@@ -223,10 +272,15 @@ class GuidanceSchedule:
 
     def describe(self) -> dict[str, object]:
         """A JSON-ready description (for sidecars and logs)."""
-        return {
+        described: dict[str, object] = {
             "chain": [branch.name for branch in self.chain],
             "scales": [{"values": list(s.values), "switch_points": list(s.switch_points)} for s in self.scales],
         }
+        if self.truncation is not None:
+            described["truncation"] = {
+                "at_or_below": self.truncation.at_or_below, "drop": [b.name for b in self.truncation.drop],
+            }
+        return described
 
 
 GuidanceForm = Literal["humo-17b", "humo-1.7b", "custom"]

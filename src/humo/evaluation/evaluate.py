@@ -47,6 +47,9 @@ from humo.inference.generate import GenerationRequest, build_pipeline, generate,
 logger = logging.getLogger(__name__)
 
 REPORT_DIR = "evaluate"
+SPEED_REPORT_DIR = "speed"
+"""Folder of the speed study's outputs under ``paths.reports`` (``humo.evaluation.speed`` writes it)."""
+SPEED_TABLE_FILE = "table.md"
 GROUND_TRUTH = "ground_truth"
 """Name of the report row scoring the evaluation set's own clips."""
 VAE_ROUND_TRIP = "vae_round_trip"
@@ -151,6 +154,7 @@ def generate_and_score(
     settings: GenerateConfig,
     limits: RequestLimitsConfig,
     evaluators: Evaluators | None = None,
+    speed: str | None = None,
 ) -> list[ScoredClip]:
     """Generate every case in every mode of ``cfg.modes`` with ``pipe`` and score the videos.
 
@@ -166,33 +170,35 @@ def generate_and_score(
         settings: the ``generate`` section (guidance settings).
         limits: the ``limits`` section.
         evaluators: optional real evaluator models (see :func:`score_clip`).
+        speed: the requests' ``speed`` (None: the configured one).
     """
     import torch
 
     from humo.models.encoders import tensor_to_frames
 
     inputs = {case.case_id: _case_inputs(eval_dir, case) for case in cases}
-    jobs: list[tuple[str, EvalCase, torch.Tensor]] = []
+    jobs: list[tuple[str, EvalCase, torch.Tensor, dict[str, float]]] = []
     for mode in cfg.modes:
         for index, case in enumerate(tqdm(cases, desc=f"generate {mode}", disable=not settings.progress_bar)):
             reference, audio = inputs[case.case_id]
             request = GenerationRequest(
                 id=case.case_id, prompt=case.caption, mode=mode, image=reference if "I" in mode else None,
                 audio=audio if "A" in mode else None, seed=cfg.seed + index, steps=cfg.steps,
-                num_frames=case.num_frames, height=case.height, width=case.width,
+                num_frames=case.num_frames, height=case.height, width=case.width, speed=speed,
             )
             result = generate(pipe, request, settings, limits, output_type="latent", progress=False)
-            jobs.append((mode, case, result.output.frames))
+            cost = {"dit_forwards": result.output.dit_forwards, "seconds": result.output.timings["total"]}
+            jobs.append((mode, case, result.output.frames, cost))
     scored = []
     for first in range(0, len(jobs), cfg.decode_batch):
         chunk = jobs[first : first + cfg.decode_batch]
         with torch.no_grad():
-            videos = pipe.decode_latents(torch.stack([latents for _, _, latents in chunk]))
-        for (mode, case, _), video in zip(chunk, videos, strict=True):
+            videos = pipe.decode_latents(torch.stack([latents for _, _, latents, _ in chunk]))
+        for (mode, case, _, cost), video in zip(chunk, videos, strict=True):
             frames = tensor_to_frames(video)[: case.num_frames]
             reference, audio = inputs[case.case_id]
             figures, scores = score_clip(frames, audio, reference, case, cfg, evaluators)
-            scored.append(ScoredClip(case.case_id, mode, figures, scores, frames))
+            scored.append(ScoredClip(case.case_id, mode, figures, scores, frames, cost))
             logger.info(
                 "%s %s: sync %.3f identity %.3f text %.2f",
                 mode, case.case_id, figures["sync_confidence_at_zero"], figures["identity_similarity"],
@@ -287,6 +293,12 @@ def _log_to_mlflow(
     return str(run_id)
 
 
+def _speed_table(paths: PathsConfig) -> str | None:
+    """The speed study's table when that stage has run (``reports/speed/table.md``), else None."""
+    path = paths.report_dir(SPEED_REPORT_DIR) / SPEED_TABLE_FILE
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
 def run(
     cfg: EvaluateConfig,
     settings: GenerateConfig,
@@ -334,6 +346,7 @@ def run(
         cfg=cfg,
         seconds=seconds,
         cpu_seconds=time.process_time() - cpu_start,
+        speed_table=_speed_table(paths),
     )
     run_id = _log_to_mlflow(tracking, candidate / "run.json", document, decision, report_dir)
     logger.info(

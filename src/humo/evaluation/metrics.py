@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -321,3 +321,5 @@ class ScoredClip:
     figures: dict[str, float]
     sync_scores: np.ndarray
     frames: np.ndarray
+    generation: dict[str, float] = field(default_factory=dict)
+    """What making the video cost: ``dit_forwards`` and ``seconds`` (to latents)."""

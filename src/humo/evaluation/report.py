@@ -177,8 +177,12 @@ def write_report(
     cfg: EvaluateConfig,
     seconds: float,
     cpu_seconds: float | None = None,
+    speed_table: str | None = None,
 ) -> Path:
-    """Write every output of the evaluate stage under ``report_dir``; returns the Markdown report's path."""
+    """Write every output of the evaluate stage under ``report_dir``; returns the Markdown report's path.
+
+    ``speed_table``: the speed study's quality-speed table (``reports/speed/table.md``), shown as its own section.
+    """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "metrics.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -247,6 +251,17 @@ def write_report(
         "",
         "![strips](strips.png)",
         "",
+    ]
+    if speed_table is not None:
+        lines += [
+            "## Fewer forwards: step caching and guidance truncation (stage speed_study)",
+            "",
+            speed_table.rstrip("\n"),
+            "",
+            "![speed](../speed/speed.png)",
+            "",
+        ]
+    lines += [
         "## Glossary",
         "",
         "| figure | family | provenance | better | paper counterpart | meaning |",

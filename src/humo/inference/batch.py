@@ -183,7 +183,7 @@ def _resolve(base: Path, text: str, path_map: Mapping[str, str | Path] | None) -
     return path if path.is_absolute() else base / path
 
 
-def _load_request(
+def load_request(
     raw: RawRequest, base: Path, limits: RequestLimitsConfig, path_map: Mapping[str, str | Path] | None
 ) -> GenerationRequest:
     """A request-file entry -> a :class:`GenerationRequest` with its files read (paths relative to ``base``).
@@ -262,7 +262,7 @@ def generate_batch(
     for raw in read_requests(requests_path):
         tick = time.perf_counter()
         try:
-            request = _load_request(raw, requests_path.parent, limits, path_map)
+            request = load_request(raw, requests_path.parent, limits, path_map)
             result = _generate_one(pipeline, request, out_dir, settings, limits, model, claimed)
         except (InvalidRequestError, ParallelRankError) as err:
             # A bad request (or one another rank could not run) must not stop the batch: record the reason, go on.

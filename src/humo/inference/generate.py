@@ -46,8 +46,10 @@ from humo.config import EncodersConfig, GenerateConfig, GuidanceConfig, RequestL
 from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, VAE_TEMPORAL_STRIDE, VIDEO_FPS
 from humo.diffusion.guidance import UPSTREAM_SCALES, GuidanceSchedule, PiecewiseScale, build_guidance
 from humo.inference.parallel import ParallelRuntime
+from humo.inference.speed import SpeedChoice, SpeedError, resolve_speed
 from humo.inference.pipeline import (
     SIZE_MULTIPLE,
+    CacheRecorder,
     HumoPipeline,
     HumoPipelineOutput,
     OutputType,
@@ -114,6 +116,9 @@ class GenerationRequest(BaseModel):
     scale_image: float | None = Field(None, ge=0, allow_inf_nan=False)
     scale_audio: float | None = Field(None, ge=0, allow_inf_nan=False)
     negative_prompt: str | None = None
+    speed: str | None = Field(None, min_length=1)
+    """``off`` (every forward computed), ``config`` (the configured cache and truncation; the default) or a name
+    in ``generate.speed_presets``."""
 
     @field_validator("prompt")
     @classmethod
@@ -413,12 +418,20 @@ class GenerationPlan:
     window_frames: int
     long_video: bool
     guidance: GuidanceSchedule
+    """The schedule the run follows (truncated when the speed choice says so)."""
     guidance_record: dict[str, Any]
     notes: tuple[str, ...]
+    speed: SpeedChoice | None = None
+    """Step caching and truncation; None or exact: every forward computed."""
+
+    @property
+    def cache(self):
+        """The step-cache policy the run follows, or None."""
+        return self.speed.cache if self.speed is not None else None
 
     def settings_record(self, settings: GenerateConfig) -> dict[str, Any]:
         """What decided the output besides the inputs and the model (sidecar and idempotency key)."""
-        return {
+        record = {
             "mode": self.mode,
             "seed": self.seed,
             "steps": self.steps,
@@ -431,6 +444,9 @@ class GenerationPlan:
             "long_video": settings.long_video.model_dump() if self.long_video else None,
             "guidance": {key: value for key, value in self.guidance_record.items() if key != "schedule"},
         }
+        if self.speed is not None and not self.speed.exact:  # exact runs keep the keys they always had
+            record["speed"] = self.speed.record()
+        return record
 
 
 def _check_range(name: str, value: float, low: float, high: float, hint: str = "") -> None:
@@ -532,10 +548,15 @@ def plan_request(
         and frames_for_audio(len(request.audio), long_cfg.max_total_frames) > window
     )
     guidance, record = resolve_guidance(settings.guidance, mode, model, request)
+    try:
+        speed = resolve_speed(settings, request.speed, steps, guidance)
+    except SpeedError as err:
+        raise InvalidRequestError("speed", str(err)) from None
+    record["schedule"] = speed.guidance.describe()
     return GenerationPlan(
         mode=mode, seed=seed, steps=steps, height=height, width=width, num_frames=request.num_frames,
-        window_frames=window, long_video=long_video, guidance=guidance, guidance_record=record,
-        notes=tuple(request.notes),
+        window_frames=window, long_video=long_video, guidance=speed.guidance, guidance_record=record,
+        notes=tuple(request.notes), speed=speed,
     )
 
 
@@ -562,6 +583,7 @@ def _run_pipeline(
     output_type: OutputType,
     output_path: Path | None,
     progress: bool,
+    recorder: CacheRecorder | None = None,
 ) -> HumoPipelineOutput:
     """One window, or sliding windows for a long video; the seed's generator drives all the noise."""
     generator = torch.Generator().manual_seed(plan.seed)
@@ -569,6 +591,9 @@ def _run_pipeline(
     image = request.image if "I" in plan.mode else None
     if plan.long_video:
         from humo.inference.long_video import generate_long
+
+        if recorder is not None:
+            raise ValueError("a cache recorder follows one window; calibrate on requests of one window")
 
         long_cfg = settings.long_video
         output, _ = generate_long(
@@ -578,14 +603,15 @@ def _run_pipeline(
             max_total_frames=long_cfg.max_total_frames, output_type=output_type, output_path=output_path,
             progress=progress, crf=settings.crf, prefix_hold=long_cfg.prefix_hold,
             seam_strength=long_cfg.seam_strength, seam_radius=long_cfg.seam_radius,
-            negative_prompt=request.negative_prompt,
+            negative_prompt=request.negative_prompt, cache=plan.cache,
         )
         return output
     return pipeline(
         request.prompt, image=image, audio=audio, mode=plan.mode, height=plan.height, width=plan.width,
         num_frames=plan.num_frames, max_frames=plan.window_frames, num_inference_steps=plan.steps,
         guidance=plan.guidance, generator=generator, negative_prompt=request.negative_prompt,
-        output_type=output_type, output_path=output_path, progress=progress, crf=settings.crf,
+        output_type=output_type, output_path=output_path, progress=progress, crf=settings.crf, cache=plan.cache,
+        recorder=recorder,
     )
 
 
@@ -610,6 +636,7 @@ def generation_record(
             "fps": VIDEO_FPS,
             "seconds_of_video": output.num_frames / VIDEO_FPS,
             "long_video": plan.long_video,
+            "dit_forwards": output.dit_forwards,
         },
         "timings": {key: round(value, 4) for key, value in output.timings.items()},
         "notes": notes,
@@ -628,6 +655,7 @@ def generate(
     model: ModelInfo | None = None,
     extra_record: Mapping[str, Any] | None = None,
     progress: bool | None = None,
+    recorder: CacheRecorder | None = None,
 ) -> GenerationResult:
     """Request -> video and record: plan, generate (one window or long), collect notes once, write the pair.
 
@@ -641,6 +669,7 @@ def generate(
         model: recorded in the sidecar.
         extra_record: more sidecar fields (the batch's idempotency key).
         progress: progress bar; None: ``settings.progress_bar``.
+        recorder: told about every branch forward (``humo calibrate-cache``); one process only.
 
     Raises:
         InvalidRequestError: the request is refused (nothing was generated).
@@ -653,7 +682,7 @@ def generate(
     tmp_video = _tmp_video_path(video_path) if video_path is not None else None
     with pipeline_lock(pipeline):
         if pipeline.parallel is None:
-            output = _run_pipeline(pipeline, request, plan, settings, output_type, tmp_video, progress)
+            output = _run_pipeline(pipeline, request, plan, settings, output_type, tmp_video, progress, recorder)
         else:  # every rank denoises; rank 0 alone decodes and writes
             pipeline.parallel.dispatch((request, plan, settings))
             output = pipeline.parallel.run_agreed(
@@ -661,6 +690,8 @@ def generate(
             )
     notes = [*plan.notes, *output.notes]
     record = {**generation_record(request, plan, settings, output, notes, model), **(extra_record or {})}
+    if plan.cache is not None:  # the skip plan the run followed (per window for a long video)
+        record["step_plan"] = pipeline.step_plan(plan.guidance, plan.steps, plan.cache).describe()
     if video_path is not None:
         write_outputs(tmp_video, record, video_path, sidecar_path)
         output.path = video_path

@@ -39,6 +39,7 @@ from PIL import Image
 from humo.constants import VAE_TEMPORAL_STRIDE
 from humo.diffusion.flow_matching import sampling_sigmas
 from humo.diffusion.guidance import GuidanceSchedule, build_guidance
+from humo.diffusion.step_cache import CachePolicy
 from humo.inference.pipeline import (
     NUM_REF_FRAMES,
     HumoPipeline,
@@ -167,6 +168,7 @@ def generate_long(
     seam_strength: float = 0.7,
     seam_radius: int = 3,
     negative_prompt: str | None = None,
+    cache: CachePolicy | None = None,
 ) -> tuple[HumoPipelineOutput, list[int]]:
     """Generate a video as long as ``audio`` (up to ``max_total_frames``) in sliding latent windows.
 
@@ -187,11 +189,12 @@ def generate_long(
             again (0 = no seam pass); costs the solver steps below that level once per seam.
         seam_radius: latent frames on each side of a seam over which the second pass is blended in.
         negative_prompt: overrides the pipeline's null text.
+        cache: step caching, planned per window and per seam pass (each starts with no residual).
 
     Returns:
         ``(output, seams)``: the pipeline output for the whole video and the pixel frames where windows join.
     """
-    start = time.perf_counter()
+    start, forwards = time.perf_counter(), pipeline.dit_forwards
     mode = mode or pipeline.infer_mode(image, audio)
     pipeline.check_inputs(
         prompt, image, audio, mode, height, width, num_frames, num_inference_steps, max_total_frames=max_total_frames
@@ -231,7 +234,7 @@ def generate_long(
                 latents=assembled[:, :, first:done], noise=full_noise[:, :, first:done], hold=prefix_hold
             )
         latents = pipeline.denoise(
-            latents, inputs, guidance, num_inference_steps, known_prefix=prefix, progress=progress
+            latents, inputs, guidance, num_inference_steps, known_prefix=prefix, progress=progress, cache=cache
         )
         assembled[:, :, done:stop] = latents[:, :, done - first : stop - first]  # only the new frames
         done = stop
@@ -255,7 +258,8 @@ def generate_long(
             video = latents[:, :, :window_latent]
             latents[:, :, :window_latent] = (1 - sigma) * assembled[:, :, first:stop] + sigma * video
             again = pipeline.denoise(
-                latents, inputs, guidance, num_inference_steps, progress=progress, start_step=first_step
+                latents, inputs, guidance, num_inference_steps, progress=progress, start_step=first_step,
+                cache=cache,
             )[:, :, :window_latent]
             weight = seam_weights(first, stop, seam, seam_radius).to(assembled)[None, None, :, None, None]
             assembled[:, :, first:stop] = weight * again + (1 - weight) * assembled[:, :, first:stop]
@@ -264,4 +268,5 @@ def generate_long(
     output = pipeline.finish(
         assembled, audio, num_frames, mode, output_type, output_path, crf, timings, notes, start
     )
+    output.dit_forwards = pipeline.dit_forwards - forwards
     return output, seam_frames(windows)

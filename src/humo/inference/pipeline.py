@@ -50,6 +50,7 @@ from humo.constants import (
 )
 from humo.diffusion.flow_matching import SAMPLING_SIGMA_MAX, sampling_sigmas, sigmas_to_timesteps
 from humo.diffusion.guidance import Branch, GuidanceSchedule, build_guidance
+from humo.diffusion.step_cache import CachePolicy, StepPlan, consecutive_changes, plan_steps
 from humo.inference.parallel import ParallelRuntime
 from humo.models.transformer import HumoContext, HumoTransformer3D
 
@@ -94,6 +95,12 @@ class AudioEncoderLike(Protocol):
     channels: int
 
     def features(self, audio: np.ndarray, num_frames: int) -> torch.Tensor: ...
+
+
+class CacheRecorder(Protocol):
+    """Told about every branch forward through the blocks (``humo calibrate-cache`` fits the step cache on it)."""
+
+    def record(self, step: int, timestep: int, branch: str, velocity: torch.Tensor, residual: torch.Tensor) -> None: ...
 
 
 class VideoVAELike(Protocol):
@@ -191,6 +198,22 @@ def _select_context(context: HumoContext, index: list[int]) -> HumoContext:
     )
 
 
+class _BranchCalls:
+    """State of one denoising run's DiT calls: the prepared context, its per-branch-set selections, and each
+    branch's last block residual (kept only when a step cache or a recorder needs it)."""
+
+    def __init__(self, context: HumoContext | None, keep_residuals: bool) -> None:
+        self.context = context
+        self.keep_residuals = keep_residuals
+        self.residuals: dict[int, torch.Tensor] = {}
+        self._selections: dict[tuple[int, ...], HumoContext] = {}
+
+    def context_for(self, branches: tuple[int, ...]) -> HumoContext:
+        if branches not in self._selections:
+            self._selections[branches] = _select_context(self.context, list(branches))
+        return self._selections[branches]
+
+
 # =====================================================================================================================
 # Inputs of one denoising run
 # =====================================================================================================================
@@ -248,6 +271,8 @@ class HumoPipelineOutput:
         timings: seconds per phase (``encode``, ``denoise``, ``decode``, ``write``) and ``total``.
         path: the mp4 written for ``output_type="mp4"``, else None.
         notes: things worth telling the user (e.g. silent audio, audio cut to the maximum length).
+        dit_forwards: branch forwards through the DiT's blocks (a batched forward of 3 branches counts 3; a
+            forward that reused a cached residual counts 0).
     """
 
     frames: np.ndarray | torch.Tensor
@@ -257,6 +282,7 @@ class HumoPipelineOutput:
     timings: dict[str, float] = field(default_factory=dict)
     path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    dit_forwards: int = 0
 
 
 # =====================================================================================================================
@@ -324,9 +350,11 @@ class HumoPipeline:
         self._negative_embeds: dict[str, torch.Tensor] = {}
         self._progress_bar_config: dict[str, Any] = {}
         self.parallel: ParallelRuntime | None = None
+        """The process group when launched with torchrun (set by ``build_pipeline``); None in one process."""
         self.max_branch_batch: int | None = None
         """Guidance branches per DiT forward (``generate.memory.max_branch_batch``); None: all in one."""
-        """The process group when launched with torchrun (set by ``build_pipeline``); None in one process."""
+        self.dit_forwards = 0
+        """Branch forwards through the blocks so far (a counter: callers read differences)."""
 
     # ------------------------------------------------------------------------------------------------------------
     # properties and settings
@@ -560,6 +588,30 @@ class HumoPipeline:
     # 4. the denoising loop
     # ------------------------------------------------------------------------------------------------------------
 
+    def model_timesteps(self, num_inference_steps: int) -> list[int]:
+        """The integer timesteps the model sees at each step: ``int64(1000 * sigma)`` of the float64 schedule."""
+        return sigmas_to_timesteps(sampling_sigmas(num_inference_steps, self.shift))[:-1].tolist()
+
+    def step_plan(
+        self,
+        guidance: GuidanceSchedule,
+        num_inference_steps: int,
+        cache: CachePolicy | None = None,
+        start_step: int = 0,
+    ) -> StepPlan:
+        """Per step, the branches that run the blocks and those that reuse their cached residual.
+
+        The active branches come from the guidance (a branch with weight 0 at a step is not evaluated, truncation
+        included); with ``cache`` the skip criterion is evaluated on the timesteps alone, before any step runs.
+        """
+        model_timesteps = self.model_timesteps(num_inference_steps)
+        active = [[b.name for b in guidance.chain if b in guidance.coefficients(t)] for t in model_timesteps]
+        change = None
+        if cache is not None and cache.criterion == "teacache":
+            modulation = self.transformer.timestep_modulation(torch.tensor(model_timesteps, dtype=torch.float32))
+            change = consecutive_changes(list(modulation.cpu().numpy()))
+        return plan_steps(active, model_timesteps, cache, change, start_step)
+
     @torch.no_grad()
     def denoise(
         self,
@@ -572,6 +624,8 @@ class HumoPipeline:
         progress: bool = True,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         start_step: int = 0,
+        cache: CachePolicy | None = None,
+        recorder: CacheRecorder | None = None,
     ) -> torch.Tensor:
         """Run the sampler from noise to clean latents.
 
@@ -581,12 +635,14 @@ class HumoPipeline:
             guidance: the schedule combining the branches.
             num_inference_steps: solver steps.
             batched: True: one forward for all active branches with the context prepared once; False: the naive
-                form (one forward per branch, context recomputed at every step).
+                form (one forward per branch, context recomputed at every step; no step cache).
             known_prefix: latent frames to hold fixed (long-video windows), or None.
             progress: show the tqdm bar.
             callback: called as ``callback(step_index, timestep, latents)`` after each step.
             start_step: first solver step to run: ``latents`` are then already at that step's noise level
                 (``sampling_sigmas(num_inference_steps, shift)[start_step]``), as in SDEdit-style re-noising.
+            cache: step caching (:meth:`step_plan`): planned branches reuse their last block residual.
+            recorder: told about every branch forward through the blocks (calibration).
 
         Returns:
             ``[1, 16, T + n_ref, h, w]`` final latents (the reference frames are meaningless; drop them).
@@ -596,19 +652,21 @@ class HumoPipeline:
                 f"branch inputs {[b.name for b in inputs.branches]} do not follow the guidance chain "
                 f"{[b.name for b in guidance.chain]}"
             )
+        if not 0 <= start_step < num_inference_steps:
+            raise ValueError(f"start_step={start_step} must be in [0, {num_inference_steps})")
+        if not batched and (cache is not None or recorder is not None):
+            raise ValueError("the step cache and its recorder need batched=True")
         scheduler = make_scheduler(self.solver, self.shift, num_inference_steps)
         # The integer timesteps the model sees: int64(1000 * sigma) from the float64 schedule (upstream).
         model_timesteps = sigmas_to_timesteps(sampling_sigmas(num_inference_steps, self.shift))[:-1]
-        num_frames = latents.shape[2]
+        plan = self.step_plan(guidance, num_inference_steps, cache, start_step)
         context = None
         if batched:
-            context = self.transformer.prepare_context(inputs.text, inputs.audio, num_frames=num_frames, cache_kv=True)
-        selections: dict[tuple[int, ...], HumoContext] = {}
+            context = self.transformer.prepare_context(inputs.text, inputs.audio, num_frames=latents.shape[2], cache_kv=True)
+        calls = _BranchCalls(context, cache is not None or recorder is not None)
         sigmas = scheduler.sigmas
         index_of = {branch: i for i, branch in enumerate(inputs.branches)}
 
-        if not 0 <= start_step < num_inference_steps:
-            raise ValueError(f"start_step={start_step} must be in [0, {num_inference_steps})")
         bar = tqdm(
             total=num_inference_steps - start_step,
             desc="denoising",
@@ -628,20 +686,15 @@ class HumoPipeline:
                 hidden[:, :, -NUM_REF_FRAMES:] = inputs.ref_slot[active]  # overwrite the slot before every call
             condition = inputs.condition[active] if inputs.condition is not None else None
             timestep = torch.full((len(active),), float(model_t), device=self.device)
-            # c. the DiT: one batched forward with the cached context, or one forward per branch (naive)
+            # c. the DiT: batched over the branches with the cached context (planned ones reuse their block
+            #    residual), or one forward per branch (naive)
             if batched:
-                size = self.max_branch_batch or len(active)  # branches per forward (1: one at a time, less memory)
-                parts = []
-                for first in range(0, len(active), size):
-                    rows = slice(first, first + size)
-                    key = tuple(active[rows])
-                    if key not in selections:
-                        selections[key] = _select_context(context, list(key))
-                    parts.append(self.transformer(
-                        hidden[rows], timestep[rows], condition=condition[rows] if condition is not None else None,
-                        num_ref_frames=NUM_REF_FRAMES, context=selections[key],
-                    ).sample)
-                velocity = torch.cat(parts)
+                computed = {index_of[Branch.parse(name)] for name in plan.compute[step]}
+                velocity = self._branch_forwards(hidden, timestep, condition, active, computed, calls)
+                if recorder is not None:
+                    for j, i in enumerate(active):
+                        if i in computed:
+                            recorder.record(step, model_t, inputs.branches[i].name, velocity[j : j + 1], calls.residuals[i])
             else:
                 velocity = torch.cat(
                     [
@@ -656,6 +709,7 @@ class HumoPipeline:
                         for j, i in enumerate(active)
                     ]
                 )
+                self.dit_forwards += len(active)
             # d. guidance, then the solver step
             predictions = {inputs.branches[i]: velocity[j : j + 1] for j, i in enumerate(active)}
             guided = guidance.combine(predictions, model_t)
@@ -667,6 +721,38 @@ class HumoPipeline:
         if known_prefix is not None:
             latents = self._apply_prefix(latents, known_prefix, 0.0)
         return latents
+
+    def _branch_forwards(
+        self,
+        hidden: torch.Tensor,
+        timestep: torch.Tensor,
+        condition: torch.Tensor | None,
+        active: list[int],
+        computed: set[int],
+        calls: _BranchCalls,
+    ) -> torch.Tensor:
+        """The velocities of the ``active`` branches (rows of ``hidden``): those in ``computed`` through the blocks
+        (all in one forward, or ``max_branch_batch`` at a time), the others from their cached block residual."""
+        velocity: list[torch.Tensor | None] = [None] * len(active)
+        size = self.max_branch_batch or len(active)
+        for reuse in (False, True):
+            group = [j for j, i in enumerate(active) if (i in computed) != reuse]
+            for first in range(0, len(group), size):
+                rows = group[first : first + size]
+                key = tuple(active[j] for j in rows)
+                out = self.transformer(
+                    hidden[rows], timestep[rows], condition=condition[rows] if condition is not None else None,
+                    num_ref_frames=NUM_REF_FRAMES, context=calls.context_for(key),
+                    block_residual=torch.cat([calls.residuals[i] for i in key]) if reuse else None,
+                    return_residual=calls.keep_residuals and not reuse,
+                )
+                if not reuse:
+                    self.dit_forwards += len(rows)
+                    if out.block_residual is not None:
+                        calls.residuals.update({i: out.block_residual[k : k + 1] for k, i in enumerate(key)})
+                for k, j in enumerate(rows):
+                    velocity[j] = out.sample[k : k + 1]
+        return torch.cat(velocity)
 
     @staticmethod
     def _apply_prefix(latents: torch.Tensor, prefix: KnownPrefix, sigma: float) -> torch.Tensor:
@@ -736,6 +822,8 @@ class HumoPipeline:
         batched: bool = True,
         progress: bool = True,
         crf: int = 18,
+        cache: CachePolicy | None = None,
+        recorder: CacheRecorder | None = None,
     ) -> HumoPipelineOutput:
         """Generate one video.
 
@@ -757,11 +845,13 @@ class HumoPipeline:
             batched: see :meth:`denoise`.
             progress: show the progress bar.
             crf: x264 quality for ``mp4``.
+            cache: step caching (:meth:`step_plan`), or None to compute every branch at every step.
+            recorder: see :meth:`denoise`.
 
         Returns:
             :class:`HumoPipelineOutput`.
         """
-        start = time.perf_counter()
+        start, forwards = time.perf_counter(), self.dit_forwards
         timings: dict[str, float] = {}
         # 1. check inputs and resolve mode and length
         mode = mode or self.infer_mode(image, audio)
@@ -788,13 +878,18 @@ class HumoPipeline:
         # 3. initial noise, 4. denoising loop
         tick = time.perf_counter()
         latents = self.prepare_latents(num_latent, height, width, generator, latents)
-        latents = self.denoise(latents, inputs, guidance, num_inference_steps, batched=batched, progress=progress)
+        latents = self.denoise(
+            latents, inputs, guidance, num_inference_steps, batched=batched, progress=progress, cache=cache,
+            recorder=recorder,
+        )
         video_latents = latents[:, :, :num_latent]  # drop the reference frames
         timings["denoise"] = time.perf_counter() - tick
 
-        return self.finish(
+        output = self.finish(
             video_latents, audio, num_frames, mode, output_type, output_path, crf, timings, notes, start
         )
+        output.dit_forwards = self.dit_forwards - forwards
+        return output
 
     def finish(
         self,

@@ -537,11 +537,14 @@ class HumoTransformerOutput:
             (callers drop the last ``num_ref_frames``; see :attr:`video`).
         mask_logits: ``[B, F_video, H, W]`` face-mask logits on the latent grid when asked for, else None.
         num_ref_frames: reference frames at the end of the sequence.
+        block_residual: ``[B, S_local, D]`` the block stack's output minus its input, when asked for (step
+            caching; under sequence parallelism this process's tokens only).
     """
 
     sample: torch.Tensor
     mask_logits: torch.Tensor | None = None
     num_ref_frames: int = 0
+    block_residual: torch.Tensor | None = None
 
     @property
     def video(self) -> torch.Tensor:
@@ -705,6 +708,16 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
     # Conditions
     # ------------------------------------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def timestep_modulation(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """``[N]`` timesteps -> ``[N, 6, D]`` float32 modulation vectors, as step 3 of :meth:`forward` makes them
+        (the input of step caching's TeaCache signal: it depends on the timestep alone)."""
+        cfg = self.humo_config
+        time_weight = self.time_embedding[0].weight
+        timesteps = timesteps.to(device=time_weight.device)
+        e = self.time_embedding(sinusoidal_embedding(timesteps, cfg.freq_dim).to(time_weight.dtype)).float()
+        return self.time_projection(e.to(time_weight.dtype)).unflatten(1, (MODULATION_CHUNKS, cfg.dim)).float()
+
     def prepare_context(
         self,
         encoder_hidden_states: torch.Tensor,
@@ -840,6 +853,8 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
         num_ref_frames: int = 0,
         return_mask: bool = False,
         context: HumoContext | None = None,
+        block_residual: torch.Tensor | None = None,
+        return_residual: bool = False,
     ) -> HumoTransformerOutput:
         """Predict the flow-matching velocity (``noise - data``) for a batch of latent sequences.
 
@@ -857,10 +872,13 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
             return_mask: also return the focus-by-predicting face-mask logits (training).
             context: conditions from :meth:`prepare_context`; replaces ``encoder_hidden_states`` and
                 ``audio_features``, which must then be None.
+            block_residual: ``[B, S_local, D]`` a residual a previous step left (step caching): the blocks are
+                skipped and the tokens moved by it instead.
+            return_residual: also return the block stack's residual (for a later step to reuse).
 
         Returns:
-            :class:`HumoTransformerOutput` with ``sample [B, 16, F, H, W]`` (reference frames included) and
-            ``mask_logits [B, F - num_ref_frames, H, W]`` or None.
+            :class:`HumoTransformerOutput` with ``sample [B, 16, F, H, W]`` (reference frames included),
+            ``mask_logits [B, F - num_ref_frames, H, W]`` or None, and ``block_residual`` when asked for.
 
         Raises:
             ValueError: any shape that does not match the config or the other inputs (never broadcast silently).
@@ -898,10 +916,19 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
         e = self.time_embedding(sinusoidal_embedding(timestep, cfg.freq_dim).to(time_weight.dtype)).float()
         e0 = self.time_projection(e.to(time_weight.dtype)).unflatten(1, (MODULATION_CHUNKS, cfg.dim)).float()
 
-        # 4. blocks; the mask predictor reads the state after the audio cross-attention of the last blocks
+        # 4. blocks (or a cached residual in their place); the mask predictor reads the state after the audio
+        #    cross-attention of the last blocks
+        if block_residual is not None:
+            if return_mask or tuple(block_residual.shape) != tuple(x.shape):
+                raise ValueError(
+                    f"block_residual {tuple(block_residual.shape)} must match the tokens {tuple(x.shape)}, without "
+                    "return_mask"
+                )
+            x = x + block_residual
         first_mask_block = cfg.num_layers - cfg.mask_blocks if return_mask else cfg.num_layers
         states: list[torch.Tensor] = []
-        for index, block in enumerate(self.blocks):
+        block_input = x if return_residual and block_residual is None else None
+        for index, block in enumerate(self.blocks if block_residual is None else ()):
             args = (
                 x,
                 e0,
@@ -921,6 +948,7 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
                 x, state = block(*args)
             if state is not None:
                 states.append(state)
+        residual = (block_residual if block_residual is not None else x - block_input) if return_residual else None
 
         # 5. head with 2-way modulation (local tokens), gather the sequence, unpatchify
         patches = self.head(x, e)
@@ -934,4 +962,6 @@ class HumoTransformer3D(ModelMixin, ConfigMixin):
             video_grid = (grid[0] - num_ref_frames, grid[1], grid[2])
             video_tokens = math.prod(video_grid)
             mask_logits = self.mask_predictor([state[:, :video_tokens] for state in states], video_grid)
-        return HumoTransformerOutput(sample=sample, mask_logits=mask_logits, num_ref_frames=num_ref_frames)
+        return HumoTransformerOutput(
+            sample=sample, mask_logits=mask_logits, num_ref_frames=num_ref_frames, block_residual=residual
+        )

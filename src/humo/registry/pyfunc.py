@@ -65,6 +65,8 @@ MODEL_JSON = "humo_model.json"
 MANIFEST_JSON = "manifest.json"
 TRANSFORMER_DIR = "transformer"
 VAE_DIR = "vae"
+CACHE_CALIBRATION_FILE = "cache_calibration.json"
+"""The step-cache fit of the model (``humo calibrate-cache``), carried with it when it exists at registration."""
 ARTIFACT_KEY = "model_dir"
 """Name of the pyfunc artifact holding the model folder."""
 CHECKPOINT_FILES = ("config.json", "ema.safetensors")
@@ -164,6 +166,8 @@ def build_model_folder(
             components["vae"] = describe_component(vae_dir)
     if components:
         write_manifest(build_manifest(components), folder / MANIFEST_JSON)
+    if Path(generate.cache_calibration).is_file():  # speed presets then work wherever the model is served
+        shutil.copy2(generate.cache_calibration, folder / CACHE_CALIBRATION_FILE)
     info = {
         "format": MODEL_FORMAT,
         "model_name": registry.model_name,
@@ -212,6 +216,8 @@ def load_pipeline_from_folder(folder: Path, device: str = "cpu", parallel: Paral
     roots = verify_manifest(folder / MANIFEST_JSON) if (folder / MANIFEST_JSON).is_file() else {}
     encoders = EncodersConfig.model_validate(info["encoders"])
     generate = GenerateConfig.model_validate(info["generate"])
+    if (folder / CACHE_CALIBRATION_FILE).is_file():
+        generate = generate.model_copy(update={"cache_calibration": folder / CACHE_CALIBRATION_FILE})
     limits = RequestLimitsConfig.model_validate(info["limits"])
     _check_packages(info.get("packages", {}))
 

@@ -58,6 +58,7 @@ REQUEST_FIELDS: dict[str, str] = {
     "scale_image": "double",
     "scale_audio": "double",
     "negative_prompt": "string",
+    "speed": "string",
 }
 """Every field a request may carry, with its MLflow column type (the model signature is built from this)."""
 RESPONSE_FIELDS: dict[str, str] = {"video": "string", "sidecar": "string"}
