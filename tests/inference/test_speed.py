@@ -113,6 +113,10 @@ def test_bad_speed_choices_are_refused_naming_the_field(pipeline, speech, portra
     with pytest.raises(InvalidRequestError, match="calibrate-cache") as err:  # no calibration file written
         generate(pipeline, make_request(speech, portrait, speed="fast"), cfg, LIMITS, output_type="latent")
     assert err.value.field == "speed"
+    # the configured default without a calibration runs exact, and says so
+    default = settings(tmp_path, cache=StepCacheConfig(criterion="magcache"))
+    result = generate(pipeline, make_request(speech, portrait, steps=2), default, LIMITS, output_type="latent")
+    assert result.plan.cache is None and any("step cache off" in note for note in result.notes)
     early = settings(guidance=GuidanceConfig(truncate=TruncateConfig(from_step=1)))  # step 1 of 50: t = 995
     with pytest.raises(InvalidRequestError, match="before the guidance switch at 980"):
         generate(pipeline, make_request(speech, portrait, steps=50), early, LIMITS, output_type="latent")

@@ -76,6 +76,7 @@ def test_nan_fields_mean_defaults(registry_params: Params) -> None:
         ({"prompt": "x", "mode": "T", "scale_audio": 100.0}, "scale_audio", "out of range"),
         ({"prompt": "x", "mode": "T", "scale_text": "high"}, "scale_text", "valid number"),
         ({"prompt": "x", "mode": "T", "colour": "red"}, "colour", "unknown field"),
+        ({"prompt": "x", "mode": "T", "speed": "warp"}, "speed", "unknown speed 'warp'"),
     ],
 )
 def test_bad_fields_are_named(registry_params: Params, record: dict, field: str, fragment: str) -> None:
@@ -83,6 +84,16 @@ def test_bad_fields_are_named(registry_params: Params, record: dict, field: str,
         _parse(record, registry_params)
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ") and fragment in str(caught.value)
+
+
+def test_a_speed_preset_is_a_request_field(registry_params: Params, tmp_path: Path) -> None:
+    """Serving clients pick a speed preset per request; a preset whose calibration is missing is a 400 naming speed."""
+    settings = registry_params.generate.model_copy(update={"cache_calibration": tmp_path / "none.json"})
+    _, plan = parse_request({"prompt": "x", "mode": "T", "speed": "trunc-late"}, registry_params.limits, settings, TINY)
+    assert plan.speed.name == "trunc-late" and plan.cache is None
+    with pytest.raises(InvalidRequestError, match="calibrate-cache") as caught:
+        parse_request({"prompt": "x", "mode": "T", "speed": "mag-fast"}, registry_params.limits, settings, TINY)
+    assert caught.value.field == "speed"
 
 
 def test_disallowed_mode_is_refused(params_path: Path) -> None:

@@ -556,7 +556,7 @@ def plan_request(
     return GenerationPlan(
         mode=mode, seed=seed, steps=steps, height=height, width=width, num_frames=request.num_frames,
         window_frames=window, long_video=long_video, guidance=speed.guidance, guidance_record=record,
-        notes=tuple(request.notes), speed=speed,
+        notes=(*request.notes, *speed.notes), speed=speed,
     )
 
 

@@ -31,6 +31,8 @@ class SpeedChoice:
     name: str
     guidance: GuidanceSchedule
     cache: CachePolicy | None
+    notes: tuple[str, ...] = ()
+    """What the user should know (the configured cache left off for want of a calibration)."""
 
     @property
     def exact(self) -> bool:
@@ -107,14 +109,23 @@ def resolve_speed(
 ) -> SpeedChoice:
     """A request's speed: ``guidance`` truncated as the choice says, and its cache policy.
 
+    The configured default (``name`` None) runs without its cache when the model has no calibration yet, with a
+    note saying so; a request that names a speed gets an error instead.
+
     Raises:
-        SpeedError: an unknown preset, a truncation that starts before the guidance switch, or a cache whose
+        SpeedError: an unknown preset, a truncation that starts before the guidance switch, or a named speed whose
             calibration file is missing.
     """
     chosen = preset(settings, name)
+    notes: tuple[str, ...] = ()
     try:
         truncated = guidance.with_truncation(truncation_for(chosen.truncate, steps, settings.shift))
-        policy = cache_policy(chosen.cache, settings.cache_calibration)
+        try:
+            policy = cache_policy(chosen.cache, settings.cache_calibration)
+        except FileNotFoundError as err:
+            if name is not None:
+                raise
+            policy, notes = None, (f"step cache off: {err}",)
     except (ValueError, FileNotFoundError) as err:
         raise SpeedError(f"speed {name or 'config'!r}: {err}") from None
-    return SpeedChoice(name=name or "config", guidance=truncated, cache=policy)
+    return SpeedChoice(name=name or "config", guidance=truncated, cache=policy, notes=notes)
