@@ -6,7 +6,8 @@ Steps of :func:`run`:
 2. for each row (a ``speed`` choice of ``generate.speed_presets``, ``off`` = the full sampler, and the full
    sampler at fewer steps as the baseline any shortcut has to beat) and each of ``seeds`` seeds, generate every
    case in ``mode`` at ``steps`` through :func:`humo.evaluation.evaluate.generate_and_score`;
-3. per row: mean DiT forwards and seconds per video, and each figure's mean over the seeds; the full run's
+3. per row: mean DiT forwards and seconds per video, the PSNR of its videos against the full run's (same case and
+   seed: how far the shortcut moves the video itself), and each figure's mean over the seeds; the full run's
    standard deviation over its seeds is the evaluation's own noise, and a row is *within noise* on a figure when
    its mean differs from the full run's by at most ``2 * sd * sqrt(2 / seeds)`` (two standard errors of a
    difference of two means);
@@ -52,6 +53,8 @@ class Row:
     forwards: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     figures: dict[str, list[float]] = field(default_factory=dict)
+    psnr: list[float] = field(default_factory=list)
+    """Per seed: mean PSNR (dB) of the row's videos against the full run's videos of the same case and seed."""
 
     def mean(self, name: str) -> float:
         return float(np.mean(self.figures[name]))
@@ -62,6 +65,8 @@ class Row:
             "dit_forwards_per_video": float(np.mean(self.forwards)),
             "seconds_per_video": float(np.mean(self.seconds)),
         }
+        if self.psnr:
+            out["psnr_vs_full_db"] = float(np.mean(self.psnr))
         if full is not None:
             out["forward_reduction"] = float(np.mean(full.forwards) / np.mean(self.forwards))
             out["speedup"] = float(np.mean(full.seconds) / np.mean(self.seconds))
@@ -80,6 +85,13 @@ class Row:
         return out
 
 
+def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB of uint8 ``frames`` against ``reference`` (what caching papers report against the full model);
+    identical videos give infinity."""
+    error = np.mean((frames.astype(np.float64) - reference.astype(np.float64)) ** 2)
+    return float("inf") if error == 0 else float(10 * np.log10(255.0**2 / error))
+
+
 def study_rows(cfg: EvaluateConfig, settings: GenerateConfig) -> list[Row]:
     """The rows: the full sampler, its fewer-step baselines, then every configured speed choice."""
     study = cfg.speed
@@ -96,6 +108,7 @@ def measure(pipe: Any, rows: list[Row], cases: list, eval_dir: Path, cfg: Evalua
     study = cfg.speed
     for seed_index in range(study.seeds):
         seed = study.seed + seed_index * len(cases)
+        full_frames: dict[str, np.ndarray] = {}
         for row in rows:
             run_cfg = cfg.model_copy(update={"modes": (study.mode,), "steps": row.steps, "seed": seed})
             tick = time.perf_counter()
@@ -105,6 +118,10 @@ def measure(pipe: Any, rows: list[Row], cases: list, eval_dir: Path, cfg: Evalua
             row.seconds.append(float(np.mean([clip.generation["seconds"] for clip in scored])))
             for name in FIGURES:
                 row.figures.setdefault(name, []).append(float(np.nanmean([clip.figures[name] for clip in scored])))
+            if row.name == FULL_ROW:
+                full_frames = {clip.case_id: clip.frames for clip in scored}
+            else:
+                row.psnr.append(float(np.mean([psnr(clip.frames, full_frames[clip.case_id]) for clip in scored])))
 
 
 def summarise(rows: list[Row], seeds: int) -> dict[str, Any]:
@@ -126,14 +143,15 @@ def table_markdown(document: dict[str, Any], mode: str, cases: int) -> str:
         f"noise ({document['noise_sigmas']:g} standard errors of a difference; the full run's seed sd is "
         + ", ".join(f"{name} {sd:.3f}" for name, sd in document["noise_sd"].items()) + ") and `!` when not.",
         "",
-        "| setting | steps | DiT forwards / video | forwards cut | s / video | speed-up | "
+        "| setting | steps | DiT forwards / video | forwards cut | s / video | speed-up | PSNR vs full (dB) | "
         + " | ".join(FIGURES) + " |",
-        "|---|---:|---:|---:|---:|---:|" + "---:|" * len(FIGURES),
+        "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(FIGURES),
     ]
     for name, row in rows.items():
         cells = [
             f"`{name}`", str(row["steps"]), f"{row['dit_forwards_per_video']:.0f}",
             f"{row.get('forward_reduction', 1.0):.2f}x", f"{row['seconds_per_video']:.2f}", f"{row.get('speedup', 1.0):.2f}x",
+            f"{row['psnr_vs_full_db']:.1f}" if "psnr_vs_full_db" in row else "-",
         ]
         for figure in FIGURES:
             value = f"{row[figure]:.3f}"
