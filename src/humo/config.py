@@ -791,7 +791,16 @@ class SpeedStudyConfig(Section):
     """The ``speed_study`` stage (humo.evaluation.speed): each speed setting against the full sampler."""
 
     rows: tuple[str, ...] = ()
-    """Speed choices to measure: names of ``generate.speed_presets`` (the full sampler ``off`` always runs)."""
+    """Speed choices to measure: names of ``generate.speed_presets`` or ``config``, optionally ``name@steps`` for
+    another step count (the full sampler ``off`` always runs)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeedStudyConfig:
+        for row in self.rows:
+            name, sep, steps = row.partition("@")
+            if not name or (sep and not steps.isdigit()):
+                raise ValueError(f"speed study row {row!r} must be a speed name or name@steps (e.g. config@25)")
+        return self
     step_baselines: tuple[int, ...] = ()
     """The full sampler at these step counts too: the cheap shortcut every caching setting has to beat."""
     seeds: int = Field(3, ge=1)
@@ -867,7 +876,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Params:
-        unknown = sorted(set(self.evaluate.speed.rows) - set(self.generate.speed_presets) - set(SPEED_BUILTINS))
+        names = {row.partition("@")[0] for row in self.evaluate.speed.rows}
+        unknown = sorted(names - set(self.generate.speed_presets) - set(SPEED_BUILTINS))
         if unknown:
             raise ValueError(
                 f"evaluate.speed.rows names {unknown}, which are not in generate.speed_presets "

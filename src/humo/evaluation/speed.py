@@ -97,7 +97,10 @@ def study_rows(cfg: EvaluateConfig, settings: GenerateConfig) -> list[Row]:
     study = cfg.speed
     rows = [Row(FULL_ROW, FULL_ROW, study.steps)]
     rows += [Row(f"{FULL_ROW}, {steps} steps", FULL_ROW, steps) for steps in study.step_baselines]
-    rows += [Row(name, name, study.steps) for name in study.rows if name != FULL_ROW]
+    for name in study.rows:
+        speed, _, steps = name.partition("@")
+        if name != FULL_ROW:
+            rows.append(Row(name, speed, int(steps) if steps else study.steps))
     return rows
 
 
