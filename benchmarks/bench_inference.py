@@ -46,7 +46,7 @@ import torch
 
 from humo.config import AudioEncoderConfig, TextEncoderConfig, load_params
 from humo.diffusion.guidance import Branch, build_guidance
-from humo.diffusion.step_cache import CacheCalibration, CachePolicy, consecutive_changes, fit_branch
+from humo.diffusion.step_cache import CacheCalibration, CachePolicy, StepPlan, consecutive_changes, fit_branch
 from humo.inference.calibrate import ResidualRecorder
 from humo.inference.generate import resolve_guidance
 from humo.inference.speed import preset as speed_preset
@@ -124,20 +124,39 @@ def step_benchmark(name: str, overrides: dict[str, object], args, text_encoder, 
     }
 
 
-def _calibration_for(pipe, inputs, guidance, noise, steps: int, path: Path) -> CacheCalibration:
-    """The trained model's step-cache calibration (its MagCache ratios depend on the schedule only), or, without
-    one, a fit of this random model from one exact run."""
-    if path.is_file():
-        return CacheCalibration.load(path)
-    recorder = ResidualRecorder(steps)
-    pipe.denoise(noise, inputs, guidance, steps, progress=False, recorder=recorder)
-    timesteps = pipe.model_timesteps(steps)
-    change = consecutive_changes(list(pipe.transformer.timestep_modulation(torch.tensor(timesteps, dtype=torch.float32)).numpy()))
-    branches = {
-        name: fit_branch(timesteps, change, recorder.prediction_change[name][None], recorder.residual_ratio[name][None])[0]
-        for name in recorder.prediction_change
-    }
-    return CacheCalibration("random mid model", steps, pipe.shift, branches)
+def _default_plan(params, guidance, steps: int, preset, mid_pipe, inputs, noise) -> tuple[StepPlan, str]:
+    """The skip plan of ``preset``, made on the trained model with its calibration (artifacts/train_stage2 and
+    ``generate.cache_calibration``): what a user of the default runs. A random stand-in's own plan says nothing (its
+    prediction jumps between steps), so only without those files is the stand-in fitted and planned itself."""
+    from humo.inference.generate import load_model
+
+    settings = params.generate
+    trained = Path(params.paths.candidate_dir)
+    calibration_path = Path(settings.cache_calibration)
+    if preset.cache.enabled and trained.is_dir() and calibration_path.is_file():
+        model, info = load_model(trained)
+        calibration, source = CacheCalibration.load(calibration_path), f"trained {info.name}@{info.version}"
+        planner = HumoPipeline(model, None, SimpleNamespace(dim=model.humo_config.text_dim),
+                               SimpleNamespace(groups=model.humo_config.audio_groups,
+                                               channels=model.humo_config.audio_channels), shift=settings.shift)
+    else:
+        recorder = ResidualRecorder(steps)
+        mid_pipe.denoise(noise, inputs, guidance, steps, progress=False, recorder=recorder)
+        timesteps = mid_pipe.model_timesteps(steps)
+        modulation = mid_pipe.transformer.timestep_modulation(torch.tensor(timesteps, dtype=torch.float32))
+        change = consecutive_changes(list(modulation.numpy()))
+        branches = {
+            name: fit_branch(timesteps, change, recorder.prediction_change[name][None],
+                             recorder.residual_ratio[name][None])[0]
+            for name in recorder.prediction_change
+        }
+        calibration = CacheCalibration("random mid model", steps, settings.shift, branches)
+        planner, source = mid_pipe, "the random stand-in (no trained model or calibration found)"
+    policy = None
+    if preset.cache.enabled:
+        policy = CachePolicy(preset.cache.criterion, preset.cache.threshold, calibration, preset.cache.max_skips,
+                             preset.cache.retain_fraction)
+    return planner.step_plan(guidance, steps, policy), source
 
 
 def video_benchmark(args, text_encoder, audio_encoder, vae) -> dict:
@@ -160,18 +179,20 @@ def video_benchmark(args, text_encoder, audio_encoder, vae) -> dict:
         torch.randn(1, 16, NUM_REF_FRAMES, h, h, generator=g), args.size, args.size,
     )
     noise = torch.randn(1, 16, num_latent + NUM_REF_FRAMES, h, h, generator=g).to(args.device)
-    calibration = _calibration_for(pipe, inputs, guidance, noise, steps, Path(settings.cache_calibration))
     preset = speed_preset(settings, args.speed)
     fast_guidance = guidance.with_truncation(truncation_for(preset.truncate, steps, settings.shift))
-    policy = None
-    if preset.cache.enabled:
-        policy = CachePolicy(preset.cache.criterion, preset.cache.threshold, calibration, preset.cache.max_skips,
-                             preset.cache.retain_fraction)
+    plan, source = _default_plan(params, fast_guidance, steps, preset, pipe, inputs, noise)
     forms = {
-        "upstream-style": dict(guidance=guidance, batched=False),
-        "full": dict(guidance=guidance),
-        f"speed {args.speed}": dict(guidance=fast_guidance, cache=policy),
+        "upstream-style": dict(guidance=guidance, batched=False, num_inference_steps=steps),
+        "full": dict(guidance=guidance, num_inference_steps=steps),
+        f"speed {args.speed}": dict(guidance=fast_guidance, plan=plan, num_inference_steps=steps),
     }
+    if args.fewer_steps:  # the same speed choice at fewer steps: the two levers together
+        fewer_guidance = guidance.with_truncation(truncation_for(preset.truncate, args.fewer_steps, settings.shift))
+        fewer_plan, _ = _default_plan(params, fewer_guidance, args.fewer_steps, preset, pipe, inputs, noise)
+        forms[f"speed {args.speed}, {args.fewer_steps} steps"] = dict(
+            guidance=fewer_guidance, plan=fewer_plan, num_inference_steps=args.fewer_steps
+        )
     times: dict[str, list[float]] = {name: [] for name in forms}
     forwards, finals = {}, {}
     for _ in range(args.video_repeats):
@@ -179,14 +200,14 @@ def video_benchmark(args, text_encoder, audio_encoder, vae) -> dict:
             before = pipe.dit_forwards
             _sync(args.device)
             tick = time.perf_counter()
-            finals[name] = pipe.denoise(noise, inputs, num_inference_steps=steps, progress=False, **kwargs)
+            finals[name] = pipe.denoise(noise, inputs, progress=False, **kwargs)
             _sync(args.device)
             times[name].append(time.perf_counter() - tick)
             forwards[name] = pipe.dit_forwards - before
     upstream = statistics.median(times["upstream-style"])
     scale = finals["full"].abs().max().item()
     return {
-        "preset": "mid (dim 512, 8 blocks)", "steps": steps, "frames": args.frames, "calibration": calibration.model,
+        "preset": "mid (dim 512, 8 blocks)", "steps": steps, "frames": args.frames, "plan_from": source,
         "rows": [
             {
                 "sampler": name, "dit_forwards": forwards[name], "s_per_video": round(statistics.median(times[name]), 2),
@@ -261,6 +282,7 @@ def main() -> None:
     parser.add_argument("--speed", default=DEFAULT_SPEED, help="speed preset of the whole-video rows")
     parser.add_argument("--video-steps", type=int, default=None, help="steps of the whole-video rows (default params)")
     parser.add_argument("--video-repeats", type=int, default=1, help="timed whole videos per sampler (round robin)")
+    parser.add_argument("--fewer-steps", type=int, default=25, help="one more whole-video row: the speed at this many steps (0: none)")
     parser.add_argument("--skip-video", action="store_true", help="leave out the whole-video rows (minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     args = parser.parse_args()
@@ -296,7 +318,7 @@ def main() -> None:
           f"second of video; phases {e2e['phases_s']}; peak memory {e2e['peak_memory_MiB']} MiB ({e2e['peak_memory_kind']})")
     if video is not None:
         print(f"whole video, {video['preset']}, {video['frames']} frames, {video['steps']} steps, TIA "
-              f"(calibration: {video['calibration']})")
+              f"(skip plan from {video['plan_from']})")
         print(f"{'sampler':<28}{'DiT forwards':>14}{'s / video':>11}{'vs upstream':>13}{'rel diff vs full':>18}")
         for row in video["rows"]:
             print(f"{row['sampler']:<28}{row['dit_forwards']:>14}{row['s_per_video']:>11.2f}"

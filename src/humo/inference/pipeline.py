@@ -626,6 +626,7 @@ class HumoPipeline:
         start_step: int = 0,
         cache: CachePolicy | None = None,
         recorder: CacheRecorder | None = None,
+        plan: StepPlan | None = None,
     ) -> torch.Tensor:
         """Run the sampler from noise to clean latents.
 
@@ -643,6 +644,8 @@ class HumoPipeline:
                 (``sampling_sigmas(num_inference_steps, shift)[start_step]``), as in SDEdit-style re-noising.
             cache: step caching (:meth:`step_plan`): planned branches reuse their last block residual.
             recorder: told about every branch forward through the blocks (calibration).
+            plan: a skip plan made beforehand (:meth:`step_plan`, e.g. of the trained model when timing a stand-in
+                of another size); None: the plan of ``cache``.
 
         Returns:
             ``[1, 16, T + n_ref, h, w]`` final latents (the reference frames are meaningless; drop them).
@@ -654,16 +657,18 @@ class HumoPipeline:
             )
         if not 0 <= start_step < num_inference_steps:
             raise ValueError(f"start_step={start_step} must be in [0, {num_inference_steps})")
-        if not batched and (cache is not None or recorder is not None):
-            raise ValueError("the step cache and its recorder need batched=True")
+        if not batched and (cache is not None or recorder is not None or plan is not None):
+            raise ValueError("the step cache, its plan and its recorder need batched=True")
         scheduler = make_scheduler(self.solver, self.shift, num_inference_steps)
         # The integer timesteps the model sees: int64(1000 * sigma) from the float64 schedule (upstream).
         model_timesteps = sigmas_to_timesteps(sampling_sigmas(num_inference_steps, self.shift))[:-1]
-        plan = self.step_plan(guidance, num_inference_steps, cache, start_step)
+        plan = plan or self.step_plan(guidance, num_inference_steps, cache, start_step)
+        if len(plan.compute) != num_inference_steps:
+            raise ValueError(f"a plan of {len(plan.compute)} steps cannot drive {num_inference_steps} steps")
         context = None
         if batched:
             context = self.transformer.prepare_context(inputs.text, inputs.audio, num_frames=latents.shape[2], cache_kv=True)
-        calls = _BranchCalls(context, cache is not None or recorder is not None)
+        calls = _BranchCalls(context, cache is not None or recorder is not None or any(plan.reuse))
         sigmas = scheduler.sigmas
         index_of = {branch: i for i, branch in enumerate(inputs.branches)}
 
