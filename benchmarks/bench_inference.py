@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from humo.config import AudioEncoderConfig, TextEncoderConfig, load_params
-from humo.diffusion.guidance import Branch, build_guidance
+from humo.diffusion.guidance import build_guidance
 from humo.diffusion.step_cache import CacheCalibration, CachePolicy, StepPlan, consecutive_changes, fit_branch
 from humo.inference.calibrate import ResidualRecorder
 from humo.inference.generate import resolve_guidance
@@ -83,7 +83,6 @@ def step_benchmark(name: str, overrides: dict[str, object], args, text_encoder, 
     h = w = args.size // 8
     g = torch.Generator().manual_seed(0)
     branches = guidance.chain
-    k = len(branches)
     text = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
     negative = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
     audio = torch.randn(1, num_latent + NUM_REF_FRAMES, cfg.audio_window, cfg.audio_groups, cfg.audio_channels, generator=g)

@@ -31,7 +31,7 @@ def build_deployments(cfg: OrchestrationConfig, params_path: Path) -> list[Runne
         cron=cfg.retrain_cron,
         parameters={"params_path": str(params_path)},
         tags=["humo", "training"],
-        description="curate -> validate -> precompute -> train (2 stages) -> evaluate -> register, via DVC",
+        description="curate -> validate -> precompute -> train (2 stages) -> speed study -> evaluate -> register, via DVC",
     )
     inference = with_cluster(cfg).to_deployment(
         name=INFERENCE_NAME,

@@ -25,6 +25,8 @@ PIPELINE_STAGES = (
     "train_stage1",
     "train_stage2",
     "eval_set",
+    "calibrate_cache",
+    "speed_study",
     "evaluate",
     "register",
 )
@@ -35,7 +37,8 @@ TRAINING_STAGES = ("train_stage1", "train_stage2")
 
 @flow(name="humo-pipeline", flow_run_name="pipeline {params_path}", log_prints=True)
 def pipeline(params_path: Path = DEFAULT_PARAMS_PATH, overrides: list[str] | None = None) -> list[str]:
-    """train_vae -> curate -> validate -> precompute -> train stage 1 -> train stage 2 -> eval set -> evaluate -> register."""
+    """train_vae -> curate -> validate -> precompute -> train stage 1 -> train stage 2 -> eval set -> step-cache
+    calibration -> speed study -> evaluate -> register."""
     overrides = list(overrides or [])
     params = load_params(params_path, overrides)  # typos and bad values fail here, before any stage runs
     root = Path(params_path).resolve().parent

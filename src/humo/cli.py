@@ -35,6 +35,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "register": ("registry", "limits", "tracking", "encoders", "generate", "paths"),
     "eval-set": ("evaluate", "paths"),
     "evaluate": ("evaluate", "generate", "limits", "encoders", "tracking", "paths"),
+    "calibrate-cache": ("calibrate_cache", "generate", "limits", "encoders", "paths"),
+    "speed-study": ("evaluate", "generate", "limits", "encoders", "paths"),
     "generate": ("generate", "limits", "encoders", "tracking", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""

@@ -32,6 +32,19 @@ def make_request(speech, portrait, mode="TIA", **fields) -> GenerationRequest:
 
 
 @pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    """Speech-like audio (syllable bursts, 1.2 s at 16 kHz): these tests need no real media."""
+    t = np.arange(19_200) / 16_000
+    envelope = np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
+    return (0.3 * envelope * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def portrait() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (72, 60, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
 def fitted(pipeline, speech, portrait) -> CacheCalibration:
     """A calibration of the test pipeline's DiT on TIA and TA runs (every branch of both chains)."""
     runs = [make_request(speech, portrait, mode) for mode in ("TIA", "TA")]
