@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from humo.config import EncodersConfig, EvaluateConfig, GenerateConfig, PathsConfig, RequestLimitsConfig
-from humo.evaluation.evalset import load_cases
+from humo.evaluation.evalset import EvalCase, load_cases
 from humo.evaluation.evaluate import SPEED_REPORT_DIR as REPORT_DIR
 from humo.evaluation.evaluate import SPEED_TABLE_FILE as TABLE_FILE
 from humo.evaluation.evaluate import generate_and_score
@@ -104,8 +104,15 @@ def study_rows(cfg: EvaluateConfig, settings: GenerateConfig) -> list[Row]:
     return rows
 
 
-def measure(pipe: Any, rows: list[Row], cases: list, eval_dir: Path, cfg: EvaluateConfig, settings: GenerateConfig,
-            limits: RequestLimitsConfig) -> None:
+def measure(
+    pipe: Any,
+    rows: list[Row],
+    cases: list[EvalCase],
+    eval_dir: Path,
+    cfg: EvaluateConfig,
+    settings: GenerateConfig,
+    limits: RequestLimitsConfig,
+) -> None:
     """Fill every row's per-seed costs and figures (step 2); rows of one seed run next to each other, so that
     a slower stretch of the machine hits every row alike."""
     study = cfg.speed
@@ -170,6 +177,8 @@ def table_markdown(document: dict[str, Any], mode: str, cases: int) -> str:
 
 
 def _plot(document: dict[str, Any], path: Path) -> None:
+    """Each figure against DiT forwards per video, with the full run's noise band, and the PSNR against the full
+    run: the panel that separates fewer steps from caching."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,16 +186,23 @@ def _plot(document: dict[str, Any], path: Path) -> None:
 
     rows = document["rows"]
     full = rows[FULL_ROW]
-    fig, axes = plt.subplots(1, len(FIGURES), figsize=(4.2 * len(FIGURES), 3.6))
-    for ax, figure in zip(axes, FIGURES, strict=True):
+    fig, axes = plt.subplots(1, len(FIGURES) + 1, figsize=(4.2 * (len(FIGURES) + 1), 3.8))
+    for ax, figure in zip(axes, FIGURES):
         band = document["noise_sigmas"] * document["noise_sd"][figure] * math.sqrt(2.0 / document["seeds"])
-        ax.axhspan(full[figure] - band, full[figure] + band, color="0.85", label="full run +- noise")
-        for name, row in rows.items():
-            ax.scatter(row["dit_forwards_per_video"], row[figure], s=28)
-            ax.annotate(name, (row["dit_forwards_per_video"], row[figure]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        ax.set_xlabel("DiT forwards per video")
+        ax.axhspan(full[figure] - band, full[figure] + band, color="0.88", label="full run +- noise")
         ax.set_title(figure, fontsize=9)
+    axes[-1].set_title("PSNR vs the full run (dB)", fontsize=9)
+    for name, row in rows.items():
+        fewer_steps = row["speed"] == FULL_ROW
+        style = dict(marker="s" if fewer_steps else "o", s=30, color="0.3" if fewer_steps else None)
+        for ax, figure in zip(axes, (*FIGURES, "psnr_vs_full_db")):
+            if figure in row:
+                ax.scatter(row["dit_forwards_per_video"], row[figure], **style)
+                ax.annotate(name, (row["dit_forwards_per_video"], row[figure]), fontsize=6, xytext=(3, 3),
+                            textcoords="offset points")
+    for ax in axes:
+        ax.set_xlabel("DiT forwards per video (squares: the full sampler)")
+        ax.xaxis.label.set_size(8)
     axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

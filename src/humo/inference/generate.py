@@ -12,7 +12,8 @@ scoring, callbacks):
    point, before any model runs. A bad request raises :class:`InvalidRequestError` naming the field; the caller
    records it (batch) or answers HTTP 400 (serving) and goes on.
 3. **Guidance that follows the model** (:func:`resolve_guidance`): ``generate.guidance.form: auto`` takes the
-   upstream form and scales of the model that is loaded (:data:`humo.diffusion.guidance.UPSTREAM_SCALES`).
+   upstream form and scales of the model that is loaded (:data:`humo.diffusion.guidance.UPSTREAM_SCALES`); the
+   request's ``speed`` then adds step caching and guidance truncation (:mod:`humo.inference.speed`).
 4. **Generation** (:func:`generate`): one window or, for audio longer than a window with
    ``generate.long_video.enabled``, sliding windows; notes are collected once; with output paths the mp4 and its
    JSON sidecar are written as a pair that a killed run can always complete or redo (:func:`write_outputs`,
@@ -45,6 +46,7 @@ from humo import __version__
 from humo.config import EncodersConfig, GenerateConfig, GuidanceConfig, RequestLimitsConfig
 from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, VAE_TEMPORAL_STRIDE, VIDEO_FPS
 from humo.diffusion.guidance import UPSTREAM_SCALES, GuidanceSchedule, PiecewiseScale, build_guidance
+from humo.diffusion.step_cache import CachePolicy
 from humo.inference.parallel import ParallelRuntime
 from humo.inference.speed import SpeedChoice, SpeedError, resolve_speed
 from humo.inference.pipeline import (
@@ -425,7 +427,7 @@ class GenerationPlan:
     """Step caching and truncation; None or exact: every forward computed."""
 
     @property
-    def cache(self):
+    def cache(self) -> CachePolicy | None:
         """The step-cache policy the run follows, or None."""
         return self.speed.cache if self.speed is not None else None
 
