@@ -36,6 +36,7 @@ def test_torchrun_two_processes_write_the_one_process_video(tmp_path, params_pat
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert launched.returncode != 0  # rank 0 reports the failed request
+    assert (tmp_path / "two" / "summary.json").is_file(), launched.stderr[-4000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert (summary["generated"], summary["failed"]) == (1, 1), launched.stderr[-3000:]
     assert "not found" in summary["results"][1]["reason"]

@@ -354,6 +354,7 @@ class HumoPipeline:
         self.max_branch_batch: int | None = None
         """Guidance branches per DiT forward (``generate.memory.max_branch_batch``); None: all in one."""
         self.dit_forwards = 0
+        self._modulation_changes: dict[tuple[int, int], np.ndarray] = {}
         """Branch forwards through the blocks so far (a counter: callers read differences)."""
 
     # ------------------------------------------------------------------------------------------------------------
@@ -608,9 +609,19 @@ class HumoPipeline:
         active = [[b.name for b in guidance.chain if b in guidance.coefficients(t)] for t in model_timesteps]
         change = None
         if cache is not None and cache.criterion == "teacache":
-            modulation = self.transformer.timestep_modulation(torch.tensor(model_timesteps, dtype=torch.float32))
-            change = consecutive_changes(list(modulation.cpu().numpy()))
+            change = self._modulation_change(num_inference_steps, model_timesteps)
         return plan_steps(active, model_timesteps, cache, change, start_step)
+
+    def _modulation_change(self, num_inference_steps: int, model_timesteps: list[int]) -> np.ndarray:
+        """The modulation's relative change per step, computed once per step count and weights version: a sharded
+        DiT gathers its weights for it, so every rank computes it in the run and a later call (the sidecar's
+        plan, on rank 0 alone) is served from here."""
+        weight = self.transformer.time_embedding[0].weight
+        key = (num_inference_steps, weight._version)
+        if key not in self._modulation_changes:
+            modulation = self.transformer.timestep_modulation(torch.tensor(model_timesteps, dtype=torch.float32))
+            self._modulation_changes = {key: consecutive_changes(list(modulation.cpu().numpy()))}
+        return self._modulation_changes[key]
 
     @torch.no_grad()
     def denoise(

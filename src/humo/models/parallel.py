@@ -168,6 +168,7 @@ def shard_transformer(model: torch.nn.Module, device: torch.device) -> torch.nn.
         register_fsdp_forward_method(block, "project_contexts")
     fully_shard(model, mesh=mesh, reshard_after_forward=True)  # the root too: nothing stays gathered between steps
     register_fsdp_forward_method(model, "prepare_context")
+    register_fsdp_forward_method(model, "timestep_modulation")  # the step cache's signal (every rank calls it)
     return model
 
 
