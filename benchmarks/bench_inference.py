@@ -46,8 +46,8 @@ import torch
 
 from humo.config import AudioEncoderConfig, TextEncoderConfig, load_params
 from humo.diffusion.guidance import build_guidance
-from humo.diffusion.step_cache import CacheCalibration, CachePolicy, StepPlan, consecutive_changes, fit_branch
-from humo.inference.calibrate import ResidualRecorder
+from humo.diffusion.step_cache import CacheCalibration, CachePolicy, StepPlan
+from humo.inference.calibrate import ResidualRecorder, fit_recorders
 from humo.inference.generate import resolve_guidance
 from humo.inference.speed import preset as speed_preset
 from humo.inference.speed import truncation_for
@@ -141,15 +141,7 @@ def _default_plan(params, guidance, steps: int, preset, mid_pipe, inputs, noise)
     else:
         recorder = ResidualRecorder(steps)
         mid_pipe.denoise(noise, inputs, guidance, steps, progress=False, recorder=recorder)
-        timesteps = mid_pipe.model_timesteps(steps)
-        modulation = mid_pipe.transformer.timestep_modulation(torch.tensor(timesteps, dtype=torch.float32))
-        change = consecutive_changes(list(modulation.numpy()))
-        branches = {
-            name: fit_branch(timesteps, change, recorder.prediction_change[name][None],
-                             recorder.residual_ratio[name][None])[0]
-            for name in recorder.prediction_change
-        }
-        calibration = CacheCalibration("random mid model", steps, settings.shift, branches)
+        calibration = fit_recorders(mid_pipe, [recorder], "random mid model", steps, 1)
         planner, source = mid_pipe, "the random stand-in (no trained model or calibration found)"
     policy = None
     if preset.cache.enabled:

@@ -75,6 +75,13 @@ def calibrate(
         request = request.model_copy(update={"speed": "off", "steps": steps})
         generate(pipeline, request, settings, limits, output_type="latent", progress=False, recorder=recorder)
         recorders.append(recorder)
+    return fit_recorders(pipeline, recorders, model_name, steps, len(requests))
+
+
+def fit_recorders(
+    pipeline: HumoPipeline, recorders: list[ResidualRecorder], model_name: str, steps: int, requests: int
+) -> CacheCalibration:
+    """Step 3: per branch, the TeaCache polynomial and the MagCache ratios from the recorded exact runs."""
     timesteps = pipeline.model_timesteps(steps)
     modulation = pipeline.transformer.timestep_modulation(torch.tensor(timesteps, dtype=torch.float32))
     change = consecutive_changes(list(modulation.cpu().numpy()))
@@ -88,8 +95,7 @@ def calibrate(
             fitted[name] = r2
         logger.info("branch %s: %d samples, teacache fit r2 %.3f", name, branches[name].samples, r2)
     return CacheCalibration(
-        model=model_name, steps=steps, shift=settings.shift, branches=branches, requests=len(requests),
-        fitted=fitted,
+        model=model_name, steps=steps, shift=pipeline.shift, branches=branches, requests=requests, fitted=fitted,
     )
 
 
