@@ -18,7 +18,7 @@ SRC = ROOT / "src"
 PACKAGE = "humo"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("humo", "humo.constants", "humo.config", "humo.log", "humo.tracking"),
+    ("humo", "humo.constants", "humo.config", "humo.hashing", "humo.log", "humo.tracking"),
     ("humo.data",),
     ("humo.diffusion",),
     ("humo.models",),

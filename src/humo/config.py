@@ -142,6 +142,16 @@ class TrackingConfig(Section):
     experiment: str = "humo"
 
 
+class AdapterRef(Section):
+    """One LoRA file put on the model at inference (``model.adapters``)."""
+
+    path: Path
+    """A LoRA ``.safetensors`` (humo's ``diffusion_model.*.lora_A/B`` layout, peft's, DiffSynth's, kohya's or
+    diffusers' names; :func:`humo.models.lora.read_lora`) or a LoRA training output folder."""
+    scale: float = 1.0
+    """Strength: the update is ``scale * alpha / r * B A``."""
+
+
 class ModelConfig(Section):
     """The HuMo DiT: a named preset (``humo.models.presets``) with optional field overrides."""
 
@@ -150,6 +160,11 @@ class ModelConfig(Section):
     """Preset fields to change, e.g. ``{num_layers: 2}``; names are checked against the preset's schema."""
     checkpoint: Path | None = None
     """Released HuMo weights (``HuMo-1.7B/ema.pth`` or the ``HuMo-17B`` shard folder); ``None`` = random init."""
+    adapters: tuple[AdapterRef, ...] = ()
+    """LoRA adapters put on the generating model (``humo generate``), in order, each with its strength."""
+    merge_adapters: bool = False
+    """Fold the adapters into the weights (no cost per forward; for serving) instead of running them beside the
+    layers (peft LoRA layers; strengths stay separate)."""
 
 
 class TextEncoderConfig(Section):
@@ -579,6 +594,32 @@ class ConditionDropoutConfig(Section):
     """All-zero audio features (still passed through the audio projection); stage 2 only."""
 
 
+class AdapterConfig(Section):
+    """Train a LoRA adapter instead of the stage's weights (``train.adapter``; peft, :mod:`humo.models.lora`).
+
+    The base stays frozen and bit-identical; the stage writes the adapter (``adapter.safetensors``, its EMA, in the
+    ComfyUI / diffusion-pipe layout) and the base it needs, not a copy of the whole model. Stage 2's base is stage
+    1's EMA model; stage 1's is ``model.checkpoint`` (released weights: a LoRA needs a trained base).
+    """
+
+    kind: Literal["none", "lora"] = "none"
+    """``none``: full fine-tuning of the stage's parameters (the paper); ``lora``: a low-rank adapter."""
+    rank: int = Field(32, ge=1)
+    """Rank r (32 as in diffusion-pipe and DiffSynth-Studio's Wan examples)."""
+    alpha: float | None = Field(None, gt=0)
+    """Scale numerator: the update is ``alpha / r * B A``; None = r (scale 1, diffusion-pipe's rule)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch's input."""
+    target_modules: tuple[str, ...] | None = None
+    """Linear layers to adapt, as dotted suffixes (``self_attn.q``; ``*`` for one name part); None = the stage's
+    default: every linear of each block's self-attention, text cross-attention and FFN (musubi-tuner's and
+    diffusion-pipe's choice), plus in stage 2 the audio path (audio cross-attention, audio projection, mask head)."""
+
+    @property
+    def effective_alpha(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank)
+
+
 class TrainConfig(Section):
     """Settings both training stages share (``train_stage1`` / ``train_stage2`` hold what differs)."""
 
@@ -621,6 +662,7 @@ class TrainConfig(Section):
     """Sample requests per sampling step: the first held-out clips of the manifest by clip id."""
     sample_steps: int = Field(10, ge=1)
     """Denoising steps per sample video."""
+    adapter: AdapterConfig = AdapterConfig()
 
     @model_validator(mode="after")
     def _check_devices(self) -> TrainConfig:

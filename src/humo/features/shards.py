@@ -26,7 +26,6 @@ name                    shape                        meaning
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from humo.hashing import file_sha256  # noqa: F401 (re-exported: the shard manifests' hash)
+
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
@@ -45,7 +46,6 @@ FEATURE_NAMES = ("video_latents", "ref_latents", "text_embeds", "audio_features"
 NULL_TEXT_KEY = "null_text_embeds"
 """Stored once in ``extras.safetensors``: the embedding of the negative prompt, used as "no text"."""
 SHARD_PATTERN = "shard_{:05d}.safetensors"
-HASH_CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -74,15 +74,6 @@ class ShardIndex:
         if not path.is_file():
             raise FileNotFoundError(f"no shard index at {path}; run the precompute stage (humo precompute)")
         return cls(**json.loads(path.read_text()))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (the manifest hash recorded in the index)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_shard(folder: Path, name: str, items: dict[str, dict[str, torch.Tensor]]) -> Path:

@@ -9,6 +9,17 @@ A checkpoint folder (``artifacts/train_stage1``, ``artifacts/train_stage2``; con
 
     model = load_trained_transformer("artifacts/train_stage2")          # EMA weights
     model = load_trained_transformer("artifacts/train_stage2", use_ema=False)
+
+A stage trained with a LoRA adapter (``train.adapter.kind: lora``) writes an **adapter folder** instead: no copy of
+the model, but the adapter and the base it needs::
+
+    adapter.safetensors      the EMA of the adapter (humo.models.lora file layout: diffusion_model.*.lora_A/B)
+    adapter_raw.safetensors  the adapter as trained
+    config.json              as above, plus "adapter": {rank, alpha, targets, "base": {kind, path, sha256}}
+    run.json
+
+:func:`load_trained_transformer` reads both kinds: an adapter folder loads its base (a trained folder or released
+weights, checked against the recorded sha256) and puts the adapter on it.
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from humo.hashing import file_sha256
+from humo.models import lora
 from humo.models.presets import HumoDiTConfig
 from humo.models.transformer import HumoTransformer3D
 
@@ -30,6 +43,9 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
+ADAPTER_FILE = "adapter.safetensors"
+ADAPTER_RAW_FILE = "adapter_raw.safetensors"
+WEIGHT_FILES = (MODEL_FILE, EMA_FILE, ADAPTER_FILE, ADAPTER_RAW_FILE)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -62,14 +78,49 @@ def save_trained(
     return folder
 
 
+def save_adapter(
+    folder: Path,
+    raw: lora.LoraWeights,
+    ema: lora.LoraWeights,
+    config: dict[str, Any],
+    run: dict[str, Any],
+) -> Path:
+    """Write an adapter folder (``config["adapter"]`` names the base); weight files of an earlier full run go."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, EMA_FILE):
+        (folder / name).unlink(missing_ok=True)
+    metadata = {"humo.base_sha256": str(config["adapter"]["base"]["sha256"])}
+    lora.save_lora(folder / ADAPTER_RAW_FILE, raw, metadata)
+    lora.save_lora(folder / ADAPTER_FILE, ema, metadata)
+    _write_json(folder / CONFIG_FILE, config)
+    _write_json(folder / RUN_FILE, run)
+    return folder
+
+
+def is_adapter_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a trained adapter (rather than whole weights)."""
+    config_path = Path(folder) / CONFIG_FILE
+    return config_path.is_file() and "adapter" in json.loads(config_path.read_text())
+
+
+def weights_file(folder: Path, use_ema: bool = True) -> Path:
+    """The file that holds a trained folder's own weights: the (EMA) model, or the (EMA) adapter."""
+    folder = Path(folder)
+    if is_adapter_folder(folder):
+        return folder / (ADAPTER_FILE if use_ema else ADAPTER_RAW_FILE)
+    return folder / (EMA_FILE if use_ema else MODEL_FILE)
+
+
 def read_checkpoint_config(folder: Path) -> dict[str, Any]:
-    """``config.json`` of a trained checkpoint folder.
+    """``config.json`` of a trained checkpoint folder (whole weights or an adapter).
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing (names the stage that makes it).
     """
     folder = Path(folder)
-    for name in (CONFIG_FILE, MODEL_FILE, EMA_FILE):
+    adapter = is_adapter_folder(folder)
+    for name in (CONFIG_FILE, *((ADAPTER_FILE, ADAPTER_RAW_FILE) if adapter else (MODEL_FILE, EMA_FILE))):
         if not (folder / name).is_file():
             raise FileNotFoundError(
                 f"{folder} is not a trained checkpoint ({name} missing); run the training stage that writes it "
@@ -106,6 +157,8 @@ def load_trained_transformer(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     in_place: bool = True,
+    merge_adapter: bool = True,
+    base: Path | None = None,
 ) -> HumoTransformer3D:
     """Build the transformer from a trained checkpoint folder (no params.yaml needed).
 
@@ -115,6 +168,9 @@ def load_trained_transformer(
         device, dtype: where and in which dtype to put the weights.
         in_place: build the model on the meta device and take the file's tensors (peak ~ one copy of the weights);
             False builds a randomly initialised model first and copies into it (two copies at the peak).
+        merge_adapter: for an adapter folder, fold the adapter into the base weights (default) or keep it beside
+            the layers (peft LoRA layers).
+        base: for an adapter folder, where its base is when not at the recorded path (a registered copy).
 
     Returns:
         The :class:`HumoTransformer3D` in eval mode.
@@ -125,6 +181,16 @@ def load_trained_transformer(
     folder = Path(folder)
     config = read_checkpoint_config(folder)
     cfg = HumoDiTConfig.model_validate(config["transformer"])
+    if "adapter" in config:
+        model = _load_base(config["adapter"]["base"], cfg, base, in_place)
+        weights = lora.read_lora(weights_file(folder, use_ema), model)
+        lora.apply_adapters(model, [(weights, 1.0)], merge=merge_adapter)
+        model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+        logger.info(
+            "loaded the %s adapter of stage %s from %s on its base (%s)",
+            "EMA" if use_ema else "raw", config.get("stage"), folder, "merged" if merge_adapter else "beside the layers",
+        )
+        return model.eval()
     if in_place:
         with torch.device("meta"):
             model = HumoTransformer3D.from_preset(cfg)
@@ -135,3 +201,59 @@ def load_trained_transformer(
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     logger.info("loaded %s weights of stage %s from %s", "EMA" if use_ema else "raw", config.get("stage"), folder)
     return model.eval()
+
+
+def _load_base(record: dict[str, Any], cfg: HumoDiTConfig, base: Path | None, in_place: bool) -> torch.nn.Module:
+    """The base an adapter was trained on: a trained folder (its EMA weights) or released weights.
+
+    Raises:
+        FileNotFoundError: the base is not at ``base`` nor at the recorded path.
+        ValueError: the base's weights differ from the ones the adapter was trained on (sha256).
+    """
+    path = Path(base) if base is not None else Path(record["path"])
+    if not path.exists():
+        raise FileNotFoundError(
+            f"the adapter's base {path} is not there; it was trained on {record['path']} (sha256 "
+            f"{str(record['sha256'])[:12]}...); put that model there or pass its folder as base"
+        )
+    if record["kind"] == "trained":
+        found = file_sha256(weights_file(path))
+        model = load_trained_transformer(path, in_place=in_place)
+    else:
+        from humo.models.convert import checkpoint_files, load_humo_checkpoint
+
+        found = released_sha256(checkpoint_files(path))
+        model = load_humo_checkpoint(path, cfg)
+    if found != record["sha256"]:
+        raise ValueError(
+            f"the adapter's base {path} has other weights (sha256 {found[:12]}...) than the one it was trained on "
+            f"({str(record['sha256'])[:12]}...); use the base it was trained for"
+        )
+    return model
+
+
+def released_sha256(files: list[Path]) -> str:
+    """One sha256 over the files of released weights (one file's own hash; several: the hash of their hashes)."""
+    if len(files) == 1:
+        return file_sha256(files[0])
+    import hashlib
+
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+
+
+def base_record(stage: int, init_dir: Path, released: Path | None) -> dict[str, Any]:
+    """What an adapter of ``stage`` is trained on: stage 1's folder (stage 2) or the released weights (stage 1).
+
+    Raises:
+        ValueError: stage 1 with no released weights (a LoRA needs a trained base).
+    """
+    if stage == 2:
+        return {"kind": "trained", "path": str(init_dir), "sha256": file_sha256(weights_file(init_dir))}
+    if released is None:
+        raise ValueError(
+            "train.adapter.kind=lora in stage 1 needs a trained base: set model.checkpoint to released HuMo weights "
+            "(a LoRA on a random init learns nothing the base can use), or use train.adapter.kind=none"
+        )
+    from humo.models.convert import checkpoint_files
+
+    return {"kind": "released", "path": str(released), "sha256": released_sha256(checkpoint_files(released))}

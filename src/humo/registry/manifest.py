@@ -14,31 +14,21 @@ Manifest format (``MANIFEST_VERSION`` 1)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from humo.hashing import file_sha256 as sha256_file
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-HASH_CHUNK_BYTES = 8 * 1024 * 1024
-"""Bytes read at a time while hashing (large files never sit in memory whole)."""
 
 
 class ManifestError(ValueError):
     """A file named in a weights manifest is missing or differs from what was registered."""
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_uri(uri: str | Path) -> Path:

@@ -14,6 +14,9 @@ training and validation:
 Which parameters train is the paper's minimal-invasive recipe (humo-reference.md section 3): stage 1 the
 self-attention layers only; stage 2 the self-attention layers and the audio modules (projection, audio
 cross-attention, mask predictor). Everything else is frozen.
+
+With ``lora`` the stage trains a LoRA adapter instead (:mod:`humo.models.lora`, peft layers injected here, before
+FSDP wraps the blocks): only the adapter's parameters train, the whole base stays frozen.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import nn
 
 from humo.constants import NUM_TRAIN_TIMESTEPS
 from humo.diffusion.flow_matching import add_noise, sample_training_sigmas, velocity_target
+from humo.models import lora as lora_lib
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +196,8 @@ class HumoSystem(L.LightningModule):
         gradient_checkpointing: recompute block activations in the backward pass.
         nan_checkpoint_dir: where the checkpoint written before a non-finite loss goes.
         stage1_scope: what stage 1 trains: ``self_attention`` (paper) or ``backbone`` (random init).
+        lora: train a LoRA adapter instead: ``{"rank", "alpha", "dropout", "target_modules"}`` (patterns of
+            :func:`humo.models.lora.resolve_targets`; None = the stage's defaults); ``stage1_scope`` is then unused.
     """
 
     def __init__(
@@ -217,6 +223,7 @@ class HumoSystem(L.LightningModule):
         gradient_checkpointing: bool = False,
         nan_checkpoint_dir: str | None = None,
         stage1_scope: Literal["self_attention", "backbone"] = "self_attention",
+        lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["transformer", "null_text_embeds"])
@@ -231,7 +238,17 @@ class HumoSystem(L.LightningModule):
         self.stage = stage
         self.register_buffer("null_text_embeds", null_text_embeds.float(), persistent=False)
         self.condition_dropout = {"text": 0.1, "image": 0.1, "audio": 0.1, **(condition_dropout or {})}
-        self.trainable_names = freeze_for_stage(transformer, stage, stage1_scope)
+        if lora is None:
+            self.trainable_names = freeze_for_stage(transformer, stage, stage1_scope)
+            self.lora_targets: list[str] = []
+        else:
+            self.lora_targets = lora_lib.resolve_targets(
+                transformer, lora.get("target_modules") or lora_lib.default_targets(stage)
+            )
+            names = set(lora_lib.inject_lora(transformer, self.lora_targets, lora["rank"], lora["alpha"], lora["dropout"]))
+            for name, param in transformer.named_parameters():
+                param.requires_grad_(name in names)
+            self.trainable_names = sorted(names)
         if gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         self.ema: EmaWeights | None = None
@@ -463,9 +480,8 @@ class HumoSystem(L.LightningModule):
         names = set(self.trainable_names)
         return ((n, p) for n, p in self.transformer.named_parameters() if n in names)
 
-    def full_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(raw, ema)`` whole transformer state dicts on the CPU; the EMA one has the EMA weights in place of
-        the trained ones. A collective under FSDP: every rank must call it."""
+    def _gathered_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(raw, ema)`` state dicts of the module as it is (peft names with an adapter), whole, on the CPU."""
         raw = {}
         for name, value in self.transformer.state_dict().items():
             raw[name] = _full_tensor(value).detach().cpu().clone()
@@ -473,3 +489,32 @@ class HumoSystem(L.LightningModule):
         if self.ema is not None:
             ema.update(self.ema.full_state_dict())
         return raw, ema
+
+    def full_state_dicts(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``(raw, ema)`` whole transformer state dicts on the CPU with upstream's names; the EMA one has the EMA
+        weights in place of the trained ones; with an adapter, the adapter is folded into the base. A collective
+        under FSDP: every rank must call it."""
+        raw, ema = self._gathered_state_dicts()
+        if self.hparams.lora is None:
+            return raw, ema
+        alpha = self.hparams.lora["alpha"]
+        return tuple(  # type: ignore[return-value]
+            lora_lib.merge_into_state(lora_lib.base_state(state), [(lora_lib.lora_from_state(state, alpha), 1.0)])
+            for state in (raw, ema)
+        )
+
+    def adapter_weights(self) -> tuple[lora_lib.LoraWeights, lora_lib.LoraWeights]:
+        """``(raw, ema)`` of the trained LoRA adapter. A collective under FSDP: every rank must call it.
+
+        Raises:
+            ValueError: the system trains no adapter.
+        """
+        if self.hparams.lora is None:
+            raise ValueError("this stage trains no adapter (train.adapter.kind=none)")
+        alpha = self.hparams.lora["alpha"]
+        raw, ema = self._gathered_state_dicts()
+        return lora_lib.lora_from_state(raw, alpha), lora_lib.lora_from_state(ema, alpha)
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """The frozen base under the adapter, upstream names (whole, CPU; a collective under FSDP)."""
+        return lora_lib.base_state(self._gathered_state_dicts()[0])

@@ -7,7 +7,9 @@ task mix rising from 20% to 50% audio samples. Both read only the precomputed sh
 
 Outputs in ``artifacts/train_stage{N}`` (contract (3), :mod:`humo.models.checkpoints`): ``model.safetensors``,
 ``ema.safetensors``, ``config.json``, ``run.json`` and ``checkpoints/last.ckpt`` (resumable Lightning checkpoint:
-weights, optimizer, scheduler, EMA, step). Calling ``run`` again after a crash or a kill resumes from
+weights, optimizer, scheduler, EMA, step). With ``train.adapter.kind: lora`` the stage trains a LoRA adapter on a
+frozen base (stage 2: stage 1's EMA model; stage 1: ``model.checkpoint``) and writes an adapter folder
+(``adapter.safetensors``, ``adapter_raw.safetensors``, the base recorded in ``config.json``) instead of the weights. Calling ``run`` again after a crash or a kill resumes from
 ``last.ckpt`` when the settings are the same; data order and randomness are functions of the step, so a resumed
 run ends with the same weights as an uninterrupted one (bitwise on CPU in one process).
 
@@ -43,7 +45,15 @@ from humo.config import (
     TrainStage2Config,
 )
 from humo.features.shards import ShardIndex, file_sha256
-from humo.models.checkpoints import EMA_FILE, check_preset, save_trained
+from humo.models.checkpoints import (
+    EMA_FILE,
+    base_record,
+    check_preset,
+    is_adapter_folder,
+    save_adapter,
+    save_trained,
+    weights_file,
+)
 from humo.models.presets import HumoDiTConfig, get_preset
 from humo.training.datamodule import ShardDataModule
 from humo.training.strategies import build_strategy
@@ -221,6 +231,8 @@ class _Inputs:
     manifest_sha256: str
     datamodule: ShardDataModule
     transformer_cfg: HumoDiTConfig
+    base: dict[str, Any] | None = None
+    """With an adapter: the base it is trained on (:func:`humo.models.checkpoints.base_record`)."""
 
 
 def run(
@@ -271,6 +283,7 @@ def run(
     params_used = _params_used(stage, train, stage_cfg, model)
     resume_from = _resume_from(stage, train, params_used, inputs.manifest_sha256, dirs, resume, rank)
     system = _build_system(stage, transformer, inputs.datamodule, train, stage_cfg, dirs.checkpoints)
+    trainable = _trainable_summary(system)
 
     # 4. tracking: rank 0 opens the MLflow run; worker processes inherit its id through the environment
     context = _tracking_context(stage, tracking, params_used, inputs.transformer_cfg, resume_from is not None, rank)
@@ -285,14 +298,16 @@ def run(
             callbacks,
         )
         sharding = parameter_sharding(system.transformer)
-        weights = system.full_state_dicts()
+        weights = system.adapter_weights() if train.adapter.kind == "lora" else system.full_state_dicts()
         seconds = time.perf_counter() - start
+        trainable["optimizer_state_bytes"] = optimizer_state_bytes(fit["trainer"].optimizers[0])
 
         # 6. rank 0 writes the checkpoint folder and logs the run's summary
         if rank == 0:
             metrics = _write_outputs(
                 stage, stage_cfg, model, dirs.out, inputs, params_used,
                 run_id=run_id, seconds=seconds, fit=fit, sharding=sharding, weights=weights, tracked=active is not None,
+                trainable=trainable,
             )
     return TrainResult(
         stage=stage,
@@ -359,7 +374,8 @@ def _check_inputs(
     _check_features(datamodule.example(), transformer_cfg, dirs.shards)
     if stage == 2:
         check_preset(dirs.init, model.preset, transformer_cfg)
-    return _Inputs(manifest_sha256=manifest_hash, datamodule=datamodule, transformer_cfg=transformer_cfg)
+    base = base_record(stage, dirs.init, model.checkpoint) if train.adapter.kind == "lora" else None
+    return _Inputs(manifest_sha256=manifest_hash, datamodule=datamodule, transformer_cfg=transformer_cfg, base=base)
 
 
 def _build_transformer(
@@ -385,7 +401,12 @@ def _build_transformer(
             "stage 1 trains only self-attention but model.checkpoint is None: the frozen backbone is random and "
             "its output head starts at zero, so little can be learnt; set train_stage1.trainable=backbone"
         )
-    if stage == 2:
+    if stage == 2 and is_adapter_folder(init_dir):  # stage 1 trained an adapter: start from it folded in
+        from humo.models.checkpoints import load_trained_transformer
+
+        transformer.load_state_dict(load_trained_transformer(init_dir).state_dict(), strict=True)
+        logger.info("stage 2 starts from the stage-1 adapter in %s merged into its base", init_dir)
+    elif stage == 2:
         from safetensors.torch import load_file
 
         transformer.load_state_dict(load_file(str(init_dir / EMA_FILE)), strict=True)
@@ -396,9 +417,12 @@ def _build_transformer(
 def _params_used(
     stage: int, train: TrainConfig, stage_cfg: TrainStage1Config | TrainStage2Config, model: ModelConfig
 ) -> dict[str, Any]:
-    """The resolved settings of the run (MLflow params, ``config.json``, the resume fingerprint)."""
+    """The resolved settings of the run (MLflow params, ``config.json``, the resume fingerprint).
+
+    ``train.adapter`` is left out for full fine-tuning, so such runs record what they recorded before adapters.
+    """
     return {
-        "train": train.model_dump(mode="json"),
+        "train": train.model_dump(mode="json", exclude={"adapter"} if train.adapter.kind == "none" else None),
         f"train_stage{stage}": stage_cfg.model_dump(mode="json"),
         "model": model.model_dump(mode="json"),
     }
@@ -418,8 +442,9 @@ def _resume_from(
     The fingerprint covers the settings that change the weights (not :data:`SAMPLING_FIELDS`), the manifest
     and (stage 2) the stage-1 EMA weights. Worker processes take ``last.ckpt`` when rank 0 kept it.
     """
-    weight_params = {**params_used, "train": train.model_dump(mode="json", exclude=set(SAMPLING_FIELDS))}
-    init_hash = file_sha256(dirs.init / EMA_FILE) if stage == 2 else None
+    excluded = set(SAMPLING_FIELDS) | ({"adapter"} if train.adapter.kind == "none" else set())
+    weight_params = {**params_used, "train": train.model_dump(mode="json", exclude=excluded)}
+    init_hash = file_sha256(weights_file(dirs.init)) if stage == 2 else None
     fingerprint = _fingerprint({"params": weight_params, "manifest": manifest_hash, "init": init_hash})
     if rank == 0:
         return _resume_path(dirs.checkpoints, fingerprint, resume)
@@ -459,7 +484,44 @@ def _build_system(
         gradient_checkpointing=train.gradient_checkpointing,
         nan_checkpoint_dir=str(ckpt_dir),
         stage1_scope=stage_cfg.trainable if isinstance(stage_cfg, TrainStage1Config) else "self_attention",
+        lora=_lora_settings(train),
     )
+
+
+def _lora_settings(train: TrainConfig) -> dict[str, Any] | None:
+    """``train.adapter`` as the system takes it (None: full fine-tuning)."""
+    adapter = train.adapter
+    if adapter.kind == "none":
+        return None
+    return {
+        "rank": adapter.rank,
+        "alpha": adapter.effective_alpha,
+        "dropout": adapter.dropout,
+        "target_modules": list(adapter.target_modules) if adapter.target_modules else None,
+    }
+
+
+def _trainable_summary(system: HumoSystem) -> dict[str, Any]:
+    """Trainable parameters of the stage and their share of the model (before any sharding)."""
+    params = dict(system.transformer.named_parameters())
+    trainable = sum(params[name].numel() for name in system.trainable_names)
+    frozen = sum(p.numel() for name, p in params.items() if name not in set(system.trainable_names))
+    return {
+        "trainable_parameters": trainable,
+        "trainable_share": trainable / max(trainable + frozen, 1),
+        "lora_modules": len(system.lora_targets),
+    }
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors held by this process (AdamW: two moments per trainable element)."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                local = value.to_local() if hasattr(value, "to_local") else value
+                total += local.numel() * local.element_size()
+    return total
 
 
 def _tracking_context(
@@ -565,8 +627,9 @@ def _write_outputs(
     seconds: float,
     fit: dict[str, Any],
     sharding: dict[str, Any],
-    weights: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]],
+    weights: tuple[Any, Any],
     tracked: bool,
+    trainable: dict[str, Any],
 ) -> dict[str, float]:
     """Write the checkpoint folder (contract 3); inside an MLflow run also log ``run.json`` and the first and
     last validation loss. Returns the final scalar metrics."""
@@ -588,9 +651,14 @@ def _write_outputs(
         "val_history": history,
         "shards_manifest_sha256": inputs.manifest_sha256,
         "parameters": sharding,
+        "trainable": trainable,
     }
     raw, ema = weights
-    save_trained(out_dir, raw, ema, config, run_info)
+    if inputs.base is not None:
+        config["adapter"] = {**params_used["train"]["adapter"], "targets": sorted(raw.modules), "base": inputs.base}
+        save_adapter(out_dir, raw, ema, config, run_info)
+    else:
+        save_trained(out_dir, raw, ema, config, run_info)
     if tracked:
         import mlflow
 
