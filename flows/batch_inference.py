@@ -62,7 +62,7 @@ def generate_requests(requests: Path, out_dir: Path, model: str, params_path: Pa
         return {"requests": str(requests), "out_dir": str(out_dir), **json.loads(summary_path.read_text())}
     summary = batch.run(
         params.generate, params.limits, params.encoders, params.paths, requests=requests, out_dir=out_dir,
-        model=model, resolvers=MODEL_RESOLVERS,
+        model=model, resolvers=MODEL_RESOLVERS, model_cfg=params.model,
     )
     return {"requests": str(requests), "out_dir": str(out_dir), **summary.to_dict()}
 

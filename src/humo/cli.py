@@ -37,7 +37,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "evaluate": ("evaluate", "generate", "limits", "encoders", "tracking", "paths"),
     "calibrate-cache": ("calibrate_cache", "generate", "limits", "encoders", "paths"),
     "speed-study": ("evaluate", "generate", "limits", "encoders", "paths"),
-    "generate": ("generate", "limits", "encoders", "tracking", "paths"),
+    "generate": ("generate", "limits", "encoders", "model", "tracking", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""
 
@@ -257,7 +257,8 @@ def generate(
         resolvers = MODEL_RESOLVERS
     try:
         summary = batch.run(
-            p.generate, p.limits, p.encoders, p.paths, requests=requests, out_dir=out, model=model, resolvers=resolvers
+            p.generate, p.limits, p.encoders, p.paths, requests=requests, out_dir=out, model=model, resolvers=resolvers,
+            model_cfg=p.model,
         )
     except USER_ERRORS as err:
         raise _fail(err) from None

@@ -925,6 +925,12 @@ class Params(Section):
                 f"evaluate.speed.rows names {unknown}, which are not in generate.speed_presets "
                 f"({sorted(self.generate.speed_presets)}) nor built in ({list(SPEED_BUILTINS)})"
             )
+        storage = self.generate.memory.weight_storage
+        if self.model.adapters and not self.model.merge_adapters and storage != "native":
+            raise ValueError(
+                f"model.adapters beside the layers cannot run on generate.memory.weight_storage={storage} weights; "
+                "set model.merge_adapters=true (folded in before the weights are stored in fp8/int8)"
+            )
         side = self.limits.max_video_side
         if max(self.generate.height, self.generate.width) > side:
             raise ValueError(

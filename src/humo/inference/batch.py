@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from humo.config import EncodersConfig, GenerateConfig, PathsConfig, RequestLimitsConfig
+from humo.config import EncodersConfig, GenerateConfig, ModelConfig, PathsConfig, RequestLimitsConfig
 from humo.inference.generate import (
     REQUEST_FIELDS,
     GenerationRequest,
@@ -49,6 +49,7 @@ from humo.inference.generate import (
     file_sha256,
     follow,
     generate,
+    attach_adapters,
     load_model,
     read_audio_input,
     read_image,
@@ -225,7 +226,7 @@ def _idempotency_key(request: GenerationRequest, settings: GenerateConfig, model
     source = {
         "request": request.describe(),
         "settings": settings.model_dump(mode="json", exclude={"progress_bar", "parallel"}),
-        "model": asdict(model),
+        "model": model.describe(),
     }
     return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
@@ -341,6 +342,7 @@ def run(
     out_dir: Path,
     model: str,
     resolvers: Mapping[str, ModelResolver] | None = None,
+    model_cfg: ModelConfig | None = None,
 ) -> BatchSummary:
     """``humo generate``: load the model and encoders, then generate every request into ``out_dir``.
 
@@ -353,9 +355,12 @@ def run(
         out_dir: output folder.
         model: a checkpoint folder (``artifacts/train_stage2``) or a ``scheme:/`` reference.
         resolvers: scheme -> resolver for ``scheme:/`` references (the CLI passes the registry's ``models``).
+        model_cfg: the ``model`` section: LoRA adapters to put on the model (``model.adapters``, merged or not).
     """
     runtime = init_runtime(generate.parallel)
     transformer, info = load_model(model, resolvers, in_place=generate.memory.load_in_place)
+    if model_cfg is not None:
+        transformer, info = attach_adapters(transformer, info, model_cfg.adapters, model_cfg.merge_adapters)
     pipe = build_pipeline(transformer, generate, encoders, paths.vae_dir, limits, parallel=runtime)
     if runtime is None:
         return generate_batch(pipe, requests, out_dir, generate, limits, info)

@@ -25,7 +25,6 @@ and the pipeline's own caches live on the modules and are not re-entrant.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -33,8 +32,8 @@ import os
 import tempfile
 import threading
 import weakref
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,10 +42,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from humo import __version__
-from humo.config import EncodersConfig, GenerateConfig, GuidanceConfig, RequestLimitsConfig
+from humo.config import AdapterRef, EncodersConfig, GenerateConfig, GuidanceConfig, RequestLimitsConfig
 from humo.constants import AUDIO_SAMPLE_RATE, SAMPLES_PER_VIDEO_FRAME, VAE_TEMPORAL_STRIDE, VIDEO_FPS
 from humo.diffusion.guidance import UPSTREAM_SCALES, GuidanceSchedule, PiecewiseScale, build_guidance
 from humo.diffusion.step_cache import CachePolicy
+from humo.hashing import file_sha256
 from humo.inference.parallel import ParallelRuntime
 from humo.inference.speed import SpeedChoice, SpeedError, resolve_speed
 from humo.inference.pipeline import (
@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_TAG = "humo generate"
 """Written into every sidecar; a file without it is foreign and never overwritten."""
-HASH_CHUNK = 1 << 20
 TMP_SUFFIX = ".tmp"
 """Suffix of a sidecar being written; a video being written is ``<name>.mp4.tmp.mp4`` (ffmpeg wants .mp4)."""
 
@@ -162,15 +161,6 @@ REQUEST_FIELDS: tuple[str, ...] = tuple(
 # =====================================================================================================================
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_image(source: Path | bytes, limits: RequestLimitsConfig, name: str = "image") -> np.ndarray:
     """An image file (path or bytes) -> ``(H, W, 3)`` uint8 RGB, refusing images over ``limits.max_image_side``.
 
@@ -246,6 +236,39 @@ class ModelInfo:
     name: str
     version: str
     source: str
+    adapters: tuple[dict[str, Any], ...] = ()
+    """LoRA adapters put on it at load (``model.adapters``): path, sha256, strength, merged or not."""
+
+    def describe(self) -> dict[str, Any]:
+        """The sidecar's ``model`` entry (and the batch's resume key); ``adapters`` only when there are some."""
+        record = asdict(self)
+        if not self.adapters:
+            record.pop("adapters")
+        return record
+
+
+def attach_adapters(
+    transformer: torch.nn.Module, info: ModelInfo, adapters: Sequence[AdapterRef], merge: bool
+) -> tuple[torch.nn.Module, ModelInfo]:
+    """Put the LoRA files ``adapters`` (``model.adapters``) on a loaded transformer, in order.
+
+    Raises:
+        FileNotFoundError: an adapter file is missing.
+        humo.models.lora.LoraFormatError: an unreadable file, or one that does not fit the model.
+    """
+    if not adapters:
+        return transformer, info
+    from humo.models.checkpoints import read_adapter
+    from humo.models.lora import apply_adapters
+
+    loaded, records = [], []
+    for ref in adapters:
+        weights, path = read_adapter(ref.path, transformer)
+        loaded.append((weights, ref.scale))
+        records.append({"path": str(ref.path), "sha256": file_sha256(path), "scale": ref.scale, "merged": merge})
+    apply_adapters(transformer, loaded, merge=merge)
+    logger.info("put %d LoRA adapter(s) on the model (%s)", len(loaded), "merged" if merge else "beside the layers")
+    return transformer, replace(info, adapters=tuple(records))
 
 
 ModelResolver = Callable[[str], tuple[torch.nn.Module, ModelInfo]]
@@ -632,7 +655,7 @@ def generation_record(
         "request": request.describe(),
         "settings": plan.settings_record(settings),
         "guidance_schedule": plan.guidance_record["schedule"],
-        "model": asdict(model) if model is not None else None,
+        "model": model.describe() if model is not None else None,
         "output": {
             "num_frames": output.num_frames,
             "fps": VIDEO_FPS,

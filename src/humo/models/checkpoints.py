@@ -112,6 +112,17 @@ def weights_file(folder: Path, use_ema: bool = True) -> Path:
     return folder / (EMA_FILE if use_ema else MODEL_FILE)
 
 
+def read_adapter(path: Path | str, model: torch.nn.Module | None = None) -> tuple[lora.LoraWeights, Path]:
+    """A LoRA for ``model`` from a file of any layout :func:`humo.models.lora.read_lora` reads, or from an adapter
+    folder a LoRA stage wrote (its EMA adapter); returns the weights and the file they came from."""
+    path = Path(path)
+    if path.is_dir() and is_adapter_folder(path):
+        path = weights_file(path)
+    if path.is_dir():
+        path = lora.find_lora_file(path)
+    return lora.read_lora(path, model), path
+
+
 def read_checkpoint_config(folder: Path) -> dict[str, Any]:
     """``config.json`` of a trained checkpoint folder (whole weights or an adapter).
 

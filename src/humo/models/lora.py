@@ -272,6 +272,23 @@ def _split_key(key: str, kohya: Mapping[str, str]) -> tuple[str, str]:
     raise AssertionError("unreachable: the empty prefix matches every key")
 
 
+def find_lora_file(folder: Path) -> Path:
+    """The LoRA file in a folder: peft's ``adapter_model.safetensors``, else its only ``.safetensors`` file.
+
+    Raises:
+        FileNotFoundError: none, or several without ``adapter_model.safetensors``.
+    """
+    peft_file = folder / "adapter_model.safetensors"
+    if peft_file.is_file():
+        return peft_file
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) != 1:
+        raise FileNotFoundError(
+            f"{folder} holds {len(found)} .safetensors files ({[p.name for p in found][:5]}); give the LoRA file itself"
+        )
+    return found[0]
+
+
 def read_lora(path: Path | str, model: nn.Module | None = None) -> LoraWeights:
     """Read a LoRA file of any layout in the module docstring into :class:`LoraWeights`.
 
@@ -286,8 +303,7 @@ def read_lora(path: Path | str, model: nn.Module | None = None) -> LoraWeights:
     """
     path = Path(path)
     if path.is_dir():
-        candidates = [path / "adapter_model.safetensors"] + sorted(path.glob("*.safetensors"))
-        path = next((c for c in candidates if c.is_file()), path / "adapter_model.safetensors")
+        path = find_lora_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file {path} not found; give a .safetensors file written by a LoRA trainer")
     linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)} if model else {}

@@ -49,6 +49,12 @@ TAG_DATASET = "humo.dataset_md5"
 TAG_FEATURES = "humo.features_md5"
 TAG_GIT = "humo.git_commit"
 TAG_WEIGHTS = "humo.weights_sha256"
+TAG_ADAPTER = "humo.adapter"
+"""On an adapter version (a LoRA stage's output): ``lora r<rank> alpha <alpha>``."""
+TAG_BASE_WEIGHTS = "humo.base_weights_sha256"
+"""On an adapter version: the sha256 of the base weights it needs."""
+TAG_BASE_VERSION = "humo.base_model_version"
+"""On an adapter version: ``<name>/<version>`` of the registered version holding that base, or ``unregistered``."""
 READY_TIMEOUT_S = 300.0
 """Longest wait for MLflow to report a new version READY."""
 READY_POLL_S = 0.5
@@ -150,6 +156,19 @@ def _versions_for_run(client: MlflowClient, name: str, training_run_id: str) -> 
         raise
     query = f"name = '{name}' and tags.`{TAG_TRAINING_RUN}` = '{training_run_id}'"
     return list(client.search_model_versions(query))
+
+
+def version_with_weights(client: MlflowClient, name: str, weights_sha256: str) -> ModelVersion | None:
+    """The newest verified version of ``name`` whose weights have ``weights_sha256`` (an adapter's base), or None."""
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    query = f"name = '{name}' and tags.`{TAG_WEIGHTS}` = '{weights_sha256}'"
+    found = [v for v in client.search_model_versions(query) if v.tags.get(TAG_VERIFIED) == "true"]
+    return max(found, key=lambda v: int(v.version), default=None)
 
 
 def find_version(client: MlflowClient, name: str, training_run_id: str) -> ModelVersion | None:

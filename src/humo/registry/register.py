@@ -23,6 +23,9 @@ import yaml
 
 from humo.config import EncodersConfig, GenerateConfig, PathsConfig, RegistryConfig, RequestLimitsConfig, TrackingConfig
 from humo.registry.mlflow_registry import (
+    TAG_ADAPTER,
+    TAG_BASE_VERSION,
+    TAG_BASE_WEIGHTS,
     TAG_DATASET,
     TAG_FEATURES,
     TAG_GATE,
@@ -33,6 +36,7 @@ from humo.registry.mlflow_registry import (
     flatten_metrics,
     promote,
     register_version,
+    version_with_weights,
 )
 from humo.registry.pyfunc import (
     ARTIFACT_KEY,
@@ -136,6 +140,19 @@ def read_training_run(checkpoint_dir: Path) -> tuple[str, dict[str, Any]]:
     return str(run_id), run
 
 
+def adapter_tags(client: Any, name: str, info: dict[str, Any]) -> dict[str, str]:
+    """Tags of an adapter version: what it is, and which base it needs (a registered version when one holds it)."""
+    adapter, base_sha = info["adapter"], info["base_weights_sha256"]
+    base = version_with_weights(client, name, base_sha)
+    if base is None:
+        logger.warning("the adapter's base (sha256 %s...) is no registered version of %s", base_sha[:12], name)
+    return {
+        TAG_ADAPTER: f"{adapter['kind']} r{adapter['rank']} alpha {adapter['alpha']:g}",
+        TAG_BASE_WEIGHTS: base_sha,
+        TAG_BASE_VERSION: f"{name}/{base.version}" if base is not None else "unregistered",
+    }
+
+
 # =====================================================================================================================
 # The stage
 # =====================================================================================================================
@@ -195,6 +212,8 @@ def run(
         run_params = {"registry": registry.model_dump(mode="json")}
         with mlflow_run(tracking, "register", params=run_params, tags={TAG_TRAINING_RUN: training_run_id}) as active:
             client = MlflowClient(tracking_uri=tracking.uri)
+            if "adapter" in info:
+                tags.update(adapter_tags(client, registry.model_name, info))
             version, created = register_version(
                 client,
                 registry.model_name,

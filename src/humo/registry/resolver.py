@@ -43,15 +43,14 @@ def resolve_registered_model(uri: str) -> tuple[torch.nn.Module, ModelInfo]:
 
     from humo.registry.manifest import verify_manifest
     from humo.registry.mlflow_registry import artifact_folder
-    from humo.registry.pyfunc import ARTIFACT_KEY, MANIFEST_JSON, TRANSFORMER_DIR
-    from humo.models.checkpoints import load_trained_transformer
+    from humo.registry.pyfunc import ARTIFACT_KEY, MANIFEST_JSON, load_folder_transformer
 
     name, version = _version_of(uri)
     with tempfile.TemporaryDirectory(prefix="humo-resolve-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=tmp))
         folder = artifact_folder(local, ARTIFACT_KEY)
         roots = verify_manifest(folder / MANIFEST_JSON) if (folder / MANIFEST_JSON).is_file() else {}
-        transformer = load_trained_transformer(roots.get("transformer", folder / TRANSFORMER_DIR))
+        transformer = load_folder_transformer(folder, roots)
     logger.info("resolved %s to %s version %s", uri, name, version)
     return transformer, ModelInfo(name=name, version=version, source=uri)
 

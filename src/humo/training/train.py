@@ -655,7 +655,11 @@ def _write_outputs(
     }
     raw, ema = weights
     if inputs.base is not None:
-        config["adapter"] = {**params_used["train"]["adapter"], "targets": sorted(raw.modules), "base": inputs.base}
+        settings = params_used["train"]["adapter"]
+        config["adapter"] = {
+            **settings, "alpha": float(settings["alpha"] or settings["rank"]), "targets": sorted(raw.modules),
+            "base": inputs.base,
+        }
         save_adapter(out_dir, raw, ema, config, run_info)
     else:
         save_trained(out_dir, raw, ema, config, run_info)
