@@ -38,6 +38,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "calibrate-cache": ("calibrate_cache", "generate", "limits", "encoders", "paths"),
     "speed-study": ("evaluate", "generate", "limits", "encoders", "paths"),
     "generate": ("generate", "limits", "encoders", "model", "tracking", "paths"),
+    "export": ("model", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""
 
@@ -271,6 +272,32 @@ def generate(
     )
     if summary.count("failed"):
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    src: Annotated[Path, typer.Argument(help="Training output folder (whole weights or a LoRA adapter) or a checkpoint.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: the files, README.md (model card), export.json.")],
+    fp8: Annotated[bool, typer.Option(help="The DiT in ComfyUI's scaled_fp8 layout.")] = False,
+    merge: Annotated[bool, typer.Option(help="For an adapter: also the DiT with the adapter folded in.")] = False,
+    layout: Annotated[str, typer.Option(help="auto (the release's layout), single or sharded.")] = "auto",
+    evaluation: Annotated[
+        Path | None, typer.Option(help="Evaluation report to quote in the card (default: reports/evaluate for the candidate).")
+    ] = None,
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    overrides: Overrides = None,
+) -> None:
+    """Write a model in the files upstream's code, ComfyUI and LoRA loaders read, with a model card."""
+    p = _load(params, overrides)
+    from humo.registry import export as export_module
+
+    if evaluation is None and src.resolve() == p.paths.candidate_dir.resolve():
+        evaluation = p.paths.report_dir("evaluate")
+    try:
+        record = export_module.run(src, out, p.model, fp8=fp8, merge=merge, layout=layout, evaluation=evaluation)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    logger.info("export: %s -> %s (%s)", src, out, ", ".join(record["files"]))
 
 
 @app.command("plan-memory")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from humo.models.convert import (
     load_humo_checkpoint,
 )
 from humo.models.presets import HumoDiTConfig, get_preset
+from humo.models.testing import upstream_layout, upstream_layout_config as layout_config
 from humo.models.transformer import HumoTransformer3D
 
 PARITY_TOLERANCE = 1e-5
@@ -137,67 +137,6 @@ def test_key_map_round_trip_and_clip_branch_rejected() -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # released key layouts (humo-reference.md 1.7), written out here independently of the model code
 # ---------------------------------------------------------------------------------------------------------------------
-
-DIM, FFN_DIM, TEXT_W, WINDOW, GROUPS, CHANNELS, INNER, CONTEXT, TOKENS, BLOCKS = 24, 40, 8, 8, 5, 4, 8, 12, 16, 2
-
-
-def upstream_layout(in_dim: int) -> dict[str, tuple[int, ...]]:
-    """Every tensor name and shape of a released HuMo DiT file, per the reference table, at a tiny width."""
-    layout: dict[str, tuple[int, ...]] = {}
-
-    def linear(name: str, out_features: int, in_features: int) -> None:
-        layout[f"{name}.weight"] = (out_features, in_features)
-        layout[f"{name}.bias"] = (out_features,)
-
-    layout["patch_embedding.weight"] = (DIM, in_dim, 1, 2, 2)
-    layout["patch_embedding.bias"] = (DIM,)
-    linear("text_embedding.0", DIM, TEXT_W)
-    linear("text_embedding.2", DIM, DIM)
-    linear("time_embedding.0", DIM, 256)
-    linear("time_embedding.2", DIM, DIM)
-    linear("time_projection.1", 6 * DIM, DIM)
-    for i in range(BLOCKS):
-        block = f"blocks.{i}"
-        layout[f"{block}.modulation"] = (1, 6, DIM)
-        for attention in ("self_attn", "cross_attn"):
-            for projection in "qkvo":
-                linear(f"{block}.{attention}.{projection}", DIM, DIM)
-            layout[f"{block}.{attention}.norm_q.weight"] = (DIM,)
-            layout[f"{block}.{attention}.norm_k.weight"] = (DIM,)
-        layout[f"{block}.norm3.weight"] = layout[f"{block}.norm3.bias"] = (DIM,)
-        linear(f"{block}.ffn.0", FFN_DIM, DIM)
-        linear(f"{block}.ffn.2", DIM, FFN_DIM)
-        audio = f"{block}.audio_cross_attn_wrapper"
-        linear(f"{audio}.audio_cross_attn.q", DIM, DIM)
-        linear(f"{audio}.audio_cross_attn.k", DIM, CONTEXT)
-        linear(f"{audio}.audio_cross_attn.v", DIM, CONTEXT)
-        linear(f"{audio}.audio_cross_attn.o", DIM, DIM)
-        layout[f"{audio}.audio_cross_attn.norm_q.weight"] = (DIM,)
-        layout[f"{audio}.audio_cross_attn.norm_k.weight"] = (DIM,)
-        layout[f"{audio}.norm1_audio.weight"] = layout[f"{audio}.norm1_audio.bias"] = (DIM,)
-    linear("head.head", 16 * math.prod((1, 2, 2)), DIM)
-    layout["head.modulation"] = (1, 2, DIM)
-    linear("audio_proj.audio_proj_glob_1.layer", INNER, WINDOW * GROUPS * CHANNELS)
-    linear("audio_proj.audio_proj_glob_2.layer", INNER, INNER)
-    linear("audio_proj.audio_proj_glob_3.layer", TOKENS * CONTEXT, INNER)
-    layout["audio_proj.audio_proj_glob_norm.layer.weight"] = (CONTEXT,)
-    layout["audio_proj.audio_proj_glob_norm.layer.bias"] = (CONTEXT,)
-    return layout
-
-
-def layout_config(preset: str) -> HumoDiTConfig:
-    return get_preset(
-        preset,
-        dim=DIM,
-        ffn_dim=FFN_DIM,
-        num_heads=2,
-        num_layers=BLOCKS,
-        text_dim=TEXT_W,
-        audio_channels=CHANNELS,
-        audio_inner_dim=INNER,
-        audio_context_dim=CONTEXT,
-    )
-
 
 def fake_state(in_dim: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(in_dim)
