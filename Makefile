@@ -18,7 +18,7 @@ export PYTHONHASHSEED := 0
 # dvc.yaml stages call `humo <command>`: the venv's bin must be on PATH for `dvc repro` (and `humo ablation`).
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup data run test test-slow bench ablation clean-venv
+.PHONY: setup data run test test-slow bench ablation lora-study clean-venv
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ test-slow: setup
 # focus-by-predicting loss into artifacts/ablation/, evaluates every variant, writes reports/ablation/table.md.
 ablation: run
 	$(BIN)/humo ablation
+
+# Stage 2 as a LoRA adapter beside full stage 2 (outside the main job; needs `make run` first): trains it into
+# artifacts/lora_study/, evaluates both over 3 seeds, writes reports/lora/table.md.
+lora-study: run
+	$(BIN)/humo lora-study
 
 bench: setup
 	@for script in benchmarks/*.py; do \

@@ -426,6 +426,18 @@ def evaluate_real(
     logger.info("%s", describe(figures))
 
 
+@app.command("lora-study")
+def lora_study(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """Stage 2 as a LoRA adapter beside full stage 2 (outside the main job): reports/lora/table.md."""
+    p = _load(params, overrides)
+    from humo.evaluation import lora_study as study
+
+    try:
+        study.run(p.evaluate, p.generate, p.limits, p.encoders, p.train, p.train_stage2, p.model, p.tracking, p.paths)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+
+
 @app.command()
 def ablation(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
     """Miniature ablation table (outside the main job): stage 1 vs 2, no mask loss, fixed guidance, TA vs TIA."""

@@ -852,6 +852,17 @@ class SpeedStudyConfig(Section):
     seed: int = 0
 
 
+class LoraStudyConfig(Section):
+    """``humo lora-study``: stage 2 as a LoRA (``train.adapter``) beside full stage 2 on the evaluation set."""
+
+    seeds: int = Field(3, ge=1)
+    """Seeds per case for each model (the seed-to-seed spread is the table's noise)."""
+    mode: Literal["TA", "TI", "TIA"] = "TIA"
+    steps: int | None = Field(None, ge=1)
+    """Training steps of the LoRA stage 2; None = ``train_stage2.steps``. Fewer steps give it the wall-time budget
+    of full stage 2 when its steps are slower (``benchmarks/bench_training.py`` measures the ratio)."""
+
+
 class EvaluateConfig(Section):
     """The ``eval_set`` and ``evaluate`` stages: a fixed held-out set, generation in several modes, metrics, gate."""
 
@@ -888,6 +899,7 @@ class EvaluateConfig(Section):
     """Real-video check: the sync scorer (``auto``: ``lips`` with ``humo[faces]``, else ``mouth``)."""
     gate: EvaluateGateConfig = EvaluateGateConfig()
     speed: SpeedStudyConfig = SpeedStudyConfig()
+    lora_study: LoraStudyConfig = LoraStudyConfig()
     """The quality-speed table of step caching and guidance truncation (stage ``speed_study``)."""
 
 

@@ -3,7 +3,6 @@ layouts load to the same update, and the sidecar says which adapters made a vide
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -67,6 +66,10 @@ def test_merged_and_unmerged_adapters_generate_the_same(
     assert "adapters" not in INFO.describe()  # a model without adapters records what it always recorded
 
 
+def _diffusers_name(module: str) -> str:
+    return module.replace("self_attn.q", "attn1.to_q").replace("ffn.0", "ffn.net.0.proj")
+
+
 def test_every_common_layout_reads_to_the_same_update(tmp_path: Path, model_factory) -> None:
     model = model_factory()
     weights = random_lora(model, ("self_attn.q", "ffn.0"), rank=3)
@@ -76,6 +79,9 @@ def test_every_common_layout_reads_to_the_same_update(tmp_path: Path, model_fact
         "peft_default": lambda m, f: {f"base_model.model.{m}.lora_A.default.weight": f.down,
                                       f"base_model.model.{m}.lora_B.default.weight": f.up},
         "diffsynth": lambda m, f: {f"{m}.lora_A.weight": f.down, f"{m}.lora_B.weight": f.up},
+        "diffusers": lambda m, f: {f"transformer.{_diffusers_name(m)}.lora_A.weight": f.down,
+                                   f"transformer.{_diffusers_name(m)}.lora_B.weight": f.up,
+                                   f"transformer.{_diffusers_name(m)}.alpha": torch.tensor(f.alpha)},
         "kohya": lambda m, f: {f"lora_unet_{m.replace('.', '_')}.lora_down.weight": f.down,
                                f"lora_unet_{m.replace('.', '_')}.lora_up.weight": f.up,
                                f"lora_unet_{m.replace('.', '_')}.alpha": torch.tensor(f.alpha)},

@@ -88,3 +88,34 @@ def test_sigkilled_run_resumes_to_the_same_weights(project_root: Path, tmp_path:
         got = load_file(str(artifacts / "train_stage1" / name))
         assert all(torch.equal(got[k], want[k]) for k in want), name
     assert reference["metrics"]["val/loss"] == resumed["metrics"]["val/loss"]
+
+
+def test_fsdp_with_a_lora_adapter_matches_one_process(project_root: Path, tmp_path: Path, mlflow_uri: str) -> None:
+    """peft's LoRA layers are injected before fully_shard: 2 processes train the adapter one process trains."""
+    from humo.models import lora
+    from humo.models.checkpoints import load_trained_transformer
+    from humo.models.presets import get_preset
+    from humo.models.testing import randomize_
+    from humo.models.transformer import HumoTransformer3D
+    from safetensors.torch import save_file
+
+    base = randomize_(HumoTransformer3D.from_preset(get_preset("tiny", num_layers=2, dim=64, ffn_dim=128, num_heads=2)), 9)
+    released = tmp_path / "released.safetensors"
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, str(released))
+    extra = ("train.adapter.kind=lora", "train.adapter.rank=4", f"model.checkpoint={released}")
+    single = _train(project_root, tmp_path / "single", mlflow_uri, *extra)
+    fsdp = _train(project_root, tmp_path / "fsdp", mlflow_uri, *extra, "train.strategy=fsdp", "train.devices=2")
+    assert fsdp["parameters"]["num_dtensor_parameters"] == fsdp["parameters"]["num_parameters"]
+    assert fsdp["trainable"]["optimizer_state_bytes"] <= 0.6 * single["trainable"]["optimizer_state_bytes"]
+    for name in ("val/loss", "train/loss"):
+        assert fsdp["metrics"][name] == pytest.approx(single["metrics"][name], rel=1e-4, abs=1e-5), name
+    for name in ("adapter.safetensors", "adapter_raw.safetensors"):
+        a = load_file(str(tmp_path / "single" / "train_stage1" / name))
+        b = load_file(str(tmp_path / "fsdp" / "train_stage1" / name))
+        assert a.keys() == b.keys() and any(v.abs().max() > 0 for k, v in a.items() if "lora_B" in k)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=2e-4)
+    # the base under the sharded run's adapter is still the released file, bit for bit
+    model = load_trained_transformer(tmp_path / "fsdp" / "train_stage1", merge_adapter=False)
+    got = lora.base_state(model.state_dict())
+    assert all(torch.equal(got[k], v) for k, v in base.state_dict().items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -160,3 +161,18 @@ def test_the_system_exports_plain_state_dicts_with_an_adapter() -> None:
             HumoTransformer3D.from_preset(cfg), stage=1, null_text_embeds=torch.zeros(4, 384),
             lora={"rank": 2, "alpha": 2.0, "dropout": 0.0, "target_modules": ["self_attn.qq"]},
         )
+
+
+def test_a_variant_is_reused_only_with_the_same_settings(train_params, shards) -> None:
+    from humo.evaluation.ablation import train_variant
+    from humo.training import train
+
+    train.run(1, train_params.train, train_params.train_stage1, train_params.model, train_params.tracking, train_params.paths)
+    args = (train_params.train, train_params.model, train_params.tracking, train_params.paths)
+    first = train_variant(Path("v"), args[0], train_params.train_stage2, *args[1:])
+    stamp = (first / "run.json").stat().st_mtime_ns
+    assert train_variant(Path("v"), args[0], train_params.train_stage2, *args[1:]) == first
+    assert (first / "run.json").stat().st_mtime_ns == stamp  # reused
+    fewer = train_params.train_stage2.model_copy(update={"steps": 3})
+    train_variant(Path("v"), args[0], fewer, *args[1:])
+    assert json.loads((first / "run.json").read_text())["steps"] == 3  # other settings: trained again

@@ -73,21 +73,27 @@ def variants() -> list[Variant]:
     ]
 
 
-def train_without_mask_loss(
-    train: TrainConfig, stage2: TrainStage2Config, model: ModelConfig, tracking: TrackingConfig, paths: PathsConfig
+def train_variant(
+    name: Path, train: TrainConfig, stage2: TrainStage2Config, model: ModelConfig, tracking: TrackingConfig,
+    paths: PathsConfig,
 ) -> Path:
-    """Train stage 2 with ``mask_loss_weight=0`` into ``artifacts/ablation/no_mask_loss`` (reused when done)."""
+    """Train a stage-2 variant into ``<artifacts>/<name>/train_stage2`` from the main pipeline's stage-1 model and
+    shards (linked, never touched); a finished run is reused. Returns the checkpoint folder."""
     from humo.evaluation.samples import sample_callback
-    from humo.models.checkpoints import RUN_FILE
-    from humo.training.train import run as train_run, samples_allowed
+    from humo.models.checkpoints import CONFIG_FILE, RUN_FILE
+    from humo.training.train import recorded_params, run as train_run, samples_allowed
 
-    folder = paths.artifacts / NO_MASK_DIR
-    if (folder / "train_stage2" / RUN_FILE).is_file():
-        logger.info("reusing %s", folder / "train_stage2")
-        return folder / "train_stage2"
+    folder = paths.artifacts / name
+    done = folder / "train_stage2"
+    if (done / RUN_FILE).is_file():
+        wanted = json.loads(json.dumps(recorded_params(2, train, stage2, model), default=str))
+        if json.loads((done / CONFIG_FILE).read_text()).get("params") == wanted:
+            logger.info("reusing %s (trained with these settings)", done)
+            return done
+        logger.info("%s was trained with other settings: training it again", done)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in LINKED_INPUTS:
-        source, link = (paths.artifacts / name).resolve(), folder / name
+    for linked in LINKED_INPUTS:
+        source, link = (paths.artifacts / linked).resolve(), folder / linked
         if not source.exists():
             raise FileNotFoundError(f"{source} not found; run the main pipeline (dvc repro train_stage2) first")
         if not link.exists():
@@ -95,15 +101,17 @@ def train_without_mask_loss(
     variant_paths = paths.model_copy(update={"artifacts": folder})
     samples = sample_callback(2, train, tracking, variant_paths) if samples_allowed(train) else None
     result = train_run(
-        2,
-        train=train,
-        stage_cfg=stage2.model_copy(update={"mask_loss_weight": 0.0}),
-        model=model,
-        tracking=tracking,
-        paths=variant_paths,
+        2, train=train, stage_cfg=stage2, model=model, tracking=tracking, paths=variant_paths,
         callbacks=[samples] if samples is not None else (),
     )
     return Path(result.out_dir)
+
+
+def train_without_mask_loss(
+    train: TrainConfig, stage2: TrainStage2Config, model: ModelConfig, tracking: TrackingConfig, paths: PathsConfig
+) -> Path:
+    """Train stage 2 with ``mask_loss_weight=0`` into ``artifacts/ablation/no_mask_loss`` (reused when done)."""
+    return train_variant(NO_MASK_DIR, train, stage2.model_copy(update={"mask_loss_weight": 0.0}), model, tracking, paths)
 
 
 def expectations(rows: dict[str, dict[str, float]]) -> list[tuple[str, bool | None, str]]:

@@ -67,6 +67,8 @@ RESUME_CHECKPOINT = "last.ckpt"
 FINGERPRINT_FILE = "fingerprint.json"
 SAMPLING_FIELDS = ("sample_every_n_steps", "num_samples", "sample_steps")
 """``train`` fields that do not change the weights: left out of the resume fingerprint."""
+INFERENCE_MODEL_FIELDS = ("adapters", "merge_adapters")
+"""``model`` fields that only generation reads (LoRA files put on a loaded model)."""
 
 
 @dataclass
@@ -280,7 +282,7 @@ def run(
 
     # 3. the model, and the checkpoint to resume from (only one written with the same settings)
     transformer = _build_transformer(stage, train, stage_cfg, model, inputs.transformer_cfg, dirs.init)
-    params_used = _params_used(stage, train, stage_cfg, model)
+    params_used = recorded_params(stage, train, stage_cfg, model)
     resume_from = _resume_from(stage, train, params_used, inputs.manifest_sha256, dirs, resume, rank)
     system = _build_system(stage, transformer, inputs.datamodule, train, stage_cfg, dirs.checkpoints)
     trainable = _trainable_summary(system)
@@ -414,17 +416,18 @@ def _build_transformer(
     return transformer
 
 
-def _params_used(
+def recorded_params(
     stage: int, train: TrainConfig, stage_cfg: TrainStage1Config | TrainStage2Config, model: ModelConfig
 ) -> dict[str, Any]:
     """The resolved settings of the run (MLflow params, ``config.json``, the resume fingerprint).
 
-    ``train.adapter`` is left out for full fine-tuning, so such runs record what they recorded before adapters.
+    ``train.adapter`` is left out for full fine-tuning, so such runs record what they recorded before adapters;
+    ``model.adapters`` and ``model.merge_adapters`` are inference settings and never recorded here.
     """
     return {
         "train": train.model_dump(mode="json", exclude={"adapter"} if train.adapter.kind == "none" else None),
         f"train_stage{stage}": stage_cfg.model_dump(mode="json"),
-        "model": model.model_dump(mode="json"),
+        "model": model.model_dump(mode="json", exclude=set(INFERENCE_MODEL_FIELDS)),
     }
 
 
