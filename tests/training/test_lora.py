@@ -168,6 +168,7 @@ def test_a_variant_is_reused_only_with_the_same_settings(train_params, shards) -
     from humo.training import train
 
     train.run(1, train_params.train, train_params.train_stage1, train_params.model, train_params.tracking, train_params.paths)
+    (train_params.paths.artifacts / "train_vae").mkdir(exist_ok=True)  # linked for sample videos (off here)
     args = (train_params.train, train_params.model, train_params.tracking, train_params.paths)
     first = train_variant(Path("v"), args[0], train_params.train_stage2, *args[1:])
     stamp = (first / "run.json").stat().st_mtime_ns
