@@ -144,6 +144,14 @@ def test_ablation_table_has_every_variant_and_checks_the_expectations(project) -
     artifacts = project.paths.artifacts
     for seed, folder in enumerate(("train_stage1", "train_stage2", str(ablation.NO_MASK_DIR / "train_stage2"))):
         _save_random_candidate(artifacts / folder, run_id=f"run{seed}", seed=seed)
+    # the variant counts as trained with the ablation's own settings, so the ablation reuses it
+    from humo.training.train import recorded_params
+
+    no_mask = project.train_stage2.model_copy(update={"mask_loss_weight": 0.0})
+    config_path = artifacts / ablation.NO_MASK_DIR / "train_stage2" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["params"] = json.loads(json.dumps(recorded_params(2, project.train, no_mask, project.model), default=str))
+    config_path.write_text(json.dumps(config))
     build_tiny_vae(TINY_VAE_BASE_DIM).save_pretrained(artifacts / "train_vae" / "vae")
 
     document = ablation.run(

@@ -137,6 +137,12 @@ def test_generate_command_puts_adapters_on_the_model(tmp_path, params_path, gene
          "--params", str(params_path), *overrides, f"model.adapters=[{{path: {tmp_path / 'nope.safetensors'}}}]"],
     )
     assert missing.exit_code == 2 and "nope.safetensors" in missing.output
+    whole = CliRunner().invoke(
+        app,
+        ["generate", "--requests", str(requests), "--out", str(tmp_path / "out4"), "--model", str(checkpoint),
+         "--params", str(params_path), *overrides, f"model.adapters=[{{path: {checkpoint}}}]"],
+    )
+    assert whole.exit_code == 2 and "not a LoRA adapter" in whole.output
     fp8 = CliRunner().invoke(
         app,
         ["generate", "--requests", str(requests), "--out", str(tmp_path / "out3"), "--model", str(checkpoint),

@@ -91,6 +91,9 @@ def test_an_adapter_exports_as_a_lora_file_that_imports_to_identical_outputs(tmp
     merged = load_humo_checkpoint(out / export.SINGLE_FILE, base.humo_config)
     assert torch.equal(_forward(merged, 16), expected)
     assert "LoRA r4" in (out / export.CARD_FILE).read_text()
+    alone = tmp_path / "alone"
+    export.run(adapter, alone, ModelConfig(), root=tmp_path)  # without --merge: the LoRA file and the card only
+    assert sorted(p.name for p in alone.iterdir()) == sorted([export.LORA_FILE, export.CARD_FILE, export.RECORD_FILE])
 
 
 def test_fp8_export_is_scaled_fp8_and_loads_close(tmp_path, tiny_parts) -> None:

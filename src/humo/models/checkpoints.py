@@ -118,6 +118,10 @@ def read_adapter(path: Path | str, model: torch.nn.Module | None = None) -> tupl
     path = Path(path)
     if path.is_dir() and is_adapter_folder(path):
         path = weights_file(path)
+    elif path.is_dir() and (path / EMA_FILE).is_file() and (path / CONFIG_FILE).is_file():
+        raise lora.LoraFormatError(
+            f"{path} is a checkpoint with whole weights, not a LoRA adapter; load it as the model (--model {path})"
+        )
     if path.is_dir():
         path = lora.find_lora_file(path)
     return lora.read_lora(path, model), path

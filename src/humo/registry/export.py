@@ -307,9 +307,11 @@ def run(
         weights, path = lora.read_lora(weights_file(source.path)), weights_file(source.path)
         files.append(lora.save_lora(out / LORA_FILE, weights, {"humo.base_sha256": source.config["adapter"]["base"]["sha256"]}))
         logger.info("export: LoRA %s (%d modules) -> %s", path, len(weights.modules), files[-1])
-    transformer, cfg = _load_source(source, model)
     if source.kind != "adapter" or merge:
+        transformer, cfg = _load_source(source, model)
         files += write_dit(upstream_state(transformer, fp8), out, _sharded_layout(cfg, layout), max_shard_bytes)
+    else:  # the LoRA file alone: the architecture comes from the folder's config
+        cfg = HumoDiTConfig.model_validate(source.config["transformer"])
     card = model_card(source, cfg, files, dataset_hashes(Path(root)), evaluation, fp8)
     (out / CARD_FILE).write_text(card, encoding="utf-8")
     record = {
