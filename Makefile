@@ -26,7 +26,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,faces]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,faces,demo]"
+	@# the demo page (humo demo); --no-deps: gradio pins pillow<13, the project runs (and is tested) on pillow 13,
+	@# and the page uses no pillow feature that changed; its other requirements are the [demo] extra
+	$(BIN)/python -m pip install --quiet --no-deps gradio==6.31.0 gradio_client==2.7.2
 	@# the reference SyncNet class for a parity test; --no-deps: its requirements (opencv-contrib, torchvision,
 	@# scenedetect) would replace the project's OpenCV and torch, and the test loads one torch-only file
 	$(BIN)/python -m pip install --quiet --no-deps syncnet-python==0.2.3
@@ -42,7 +45,14 @@ run: data
 test: setup
 	$(BIN)/pytest
 
+# The demo's browser test drives Debian's Chromium (playwright cannot download its own here): installed with apt
+# where it is missing and possible; the test skips with the reason otherwise.
 test-slow: setup
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get install -y -qq chromium >/dev/null 2>&1 || echo "could not install chromium: the demo's browser test will skip"; \
+		else echo "chromium is missing and apt-get is not usable here: the demo's browser test will skip"; fi; \
+	fi
 	$(BIN)/pytest -m slow
 
 # Miniature ablation table (outside the main job; needs `make run` first): trains stage 2 once more without the

@@ -39,6 +39,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "speed-study": ("evaluate", "generate", "limits", "encoders", "paths"),
     "generate": ("generate", "limits", "encoders", "model", "tracking", "paths"),
     "export": ("model", "paths"),
+    "demo": ("generate", "limits", "encoders", "model", "demo", "tracking", "paths"),
 }
 """Command -> the params.yaml sections its ``run()`` receives (and that its DVC stage lists under ``params``)."""
 
@@ -298,6 +299,43 @@ def export(
     except USER_ERRORS as err:
         raise _fail(err) from None
     logger.info("export: %s -> %s (%s)", src, out, ", ".join(record["files"]))
+
+
+@app.command()
+def demo(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="A registered model, e.g. models:/humo@champion.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A training output folder (default artifacts/train_stage2).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port; default demo.port (7860).")] = None,
+    examples: Annotated[
+        Path, typer.Option(help="Folder with upstream's example image and speech (the one-click example).")
+    ] = Path("../shared/data/real"),
+    params: ParamsOption = DEFAULT_PARAMS_PATH,
+    overrides: Overrides = None,
+) -> None:
+    """A web page to try a model (Gradio, on demo.host: 127.0.0.1), until Ctrl-C."""
+    p = _load(params, overrides)
+    from humo.inference.generate import attach_adapters, build_pipeline, load_model
+    from humo.registry import demo as demo_page
+
+    if model is not None and checkpoint is not None:
+        raise _fail(ValueError("give --model or --checkpoint, not both"))
+    reference = model or str(checkpoint or p.paths.candidate_dir)
+    resolvers = None
+    if reference.startswith("models:/"):
+        import mlflow
+
+        from humo.registry import MODEL_RESOLVERS
+
+        mlflow.set_tracking_uri(p.tracking.uri)
+        resolvers = MODEL_RESOLVERS
+    try:
+        transformer, info = load_model(reference, resolvers, in_place=p.generate.memory.load_in_place)
+        transformer, info = attach_adapters(transformer, info, p.model.adapters, p.model.merge_adapters)
+        pipeline = build_pipeline(transformer, p.generate, p.encoders, p.paths.vae_dir, p.limits)
+    except USER_ERRORS as err:
+        raise _fail(err) from None
+    settings = p.demo.model_copy(update={"port": port}) if port is not None else p.demo
+    demo_page.run(pipeline, info, p.generate, p.limits, settings, example_dir=examples if examples.is_dir() else None)
 
 
 @app.command("plan-memory")

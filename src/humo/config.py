@@ -807,6 +807,20 @@ class RegistryConfig(Section):
         return self
 
 
+class DemoConfig(Section):
+    """``humo demo``: the Gradio page's server."""
+
+    host: str = "127.0.0.1"
+    """Address to bind (loopback: only this machine; 0.0.0.0 to show it on the network)."""
+    port: int = Field(7860, ge=1, le=65535)
+    concurrency: int = Field(1, ge=1)
+    """Generations at once (one loaded pipeline runs them in turn anyway; more only interleave encoding)."""
+    max_queue: int = Field(16, ge=1)
+    """Requests waiting beyond that; the next one is told the queue is full."""
+    out_dir: Path | None = None
+    """Where the videos and sidecars go; None = a fresh temporary folder."""
+
+
 class EvaluateGateConfig(Section):
     """Promotion gate (``humo.evaluation.gates``): every bound must hold for the candidate to be promotable.
 
@@ -926,6 +940,7 @@ class Params(Section):
     """Checks of the curated manifest; named ``validation`` because ``validate`` shadows a pydantic method."""
     orchestration: OrchestrationConfig = OrchestrationConfig()
     registry: RegistryConfig = RegistryConfig()
+    demo: DemoConfig = DemoConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
     @model_validator(mode="after")

@@ -274,7 +274,8 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
 
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w", format="mp4") as container:
+    # faststart: the index (moov atom) before the media data, so a browser plays the file while it downloads
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
         # bitexact keeps encoder/muxer version strings out of the file, so output depends on input only
         container.flags |= av.container.Flags.bitexact.value
         video_stream = container.add_stream("libx264", rate=rate)
