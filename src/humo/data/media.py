@@ -238,8 +238,12 @@ def write_video(
     audio: np.ndarray | None = None,
     sample_rate: int = AUDIO_SAMPLE_RATE,
     crf: int = 18,
+    faststart: bool = True,
 ) -> Path:
     """Write an mp4 (H.264, yuv420p) with the audio muxed as AAC; byte-identical for the same input.
+
+    ``faststart`` puts the index (moov atom) before the media data, so a browser plays the file while it downloads;
+    SynthTalk's files keep the plain layout, whose bytes ``data.dvc`` records.
 
     Args:
         path: output file (``.mp4``); parent folders are created.
@@ -274,8 +278,8 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
 
     rate = Fraction(fps).limit_denominator(1001)
-    # faststart: the index (moov atom) before the media data, so a browser plays the file while it downloads
-    with av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), mode="w", format="mp4", options=options) as container:
         # bitexact keeps encoder/muxer version strings out of the file, so output depends on input only
         container.flags |= av.container.Flags.bitexact.value
         video_stream = container.add_stream("libx264", rate=rate)

@@ -216,7 +216,7 @@ def _write_clip(job: tuple[ClipSpec, SynthConfig, str]) -> str:
     spec, cfg, folder = job
     frames, audio, reference, truth = render_clip(spec, cfg)
     paths = {kind: Path(folder) / pattern.format(clip_id=spec.clip_id) for kind, pattern in LAYOUT.items()}
-    write_video(paths["video"], frames, cfg.fps, audio, cfg.sample_rate)
+    write_video(paths["video"], frames, cfg.fps, audio, cfg.sample_rate, faststart=False)  # data.dvc's bytes
     Image.fromarray(reference).save(paths["reference_image"], format="PNG")
     paths["annotation"].write_text(_to_json(truth), encoding="utf-8")
     return spec.clip_id
