@@ -30,6 +30,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "curate": ("curate", "paths"),
     "validate": ("validation", "curate", "paths"),
     "precompute": ("precompute", "encoders", "paths"),
+    "pretrain": ("pretrain", "train", "model", "tracking", "paths"),
     "train-stage1": ("train", "train_stage1", "model", "tracking", "paths"),
     "train-stage2": ("train", "train_stage2", "model", "tracking", "paths"),
     "register": ("registry", "limits", "tracking", "encoders", "generate", "paths"),
@@ -182,6 +183,21 @@ def _train(stage: int, params: Path, overrides: list[str] | None) -> None:
     except (*USER_ERRORS, NonFiniteLossError) as err:
         raise _fail(err) from None
     logger.info("stage %d done: %s (MLflow run %s)", stage, result.out_dir, result.run_id)
+
+
+@app.command()
+def pretrain(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
+    """The tiny DiT's text-to-video backbone (stand-in for Wan's T2V weights): pretrain.out, with provenance."""
+    p = _load(params, overrides)
+    from humo.training import pretrain as pretrain_stage
+    from humo.training.system import NonFiniteLossError
+
+    command = " ".join(["humo pretrain", *(overrides or [])])
+    try:
+        record = pretrain_stage.run(p.pretrain, p.train, p.model, p.tracking, p.paths, command=command)
+    except (*USER_ERRORS, NonFiniteLossError) as err:
+        raise _fail(err) from None
+    logger.info("backbone %s: sha256 %s; commit it with its provenance.json", p.pretrain.out, record["weights_sha256"])
 
 
 @app.command("train-stage1")

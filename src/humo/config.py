@@ -675,15 +675,30 @@ class TrainConfig(Section):
         return self
 
 
+class PretrainConfig(Section):
+    """``humo pretrain``: the tiny DiT's text-to-video backbone, a stand-in for Wan2.1's T2V weights.
+
+    Every parameter but the audio modules trains on text -> video alone (no reference, no audio); the result is
+    versioned in the repository (``out``, with its provenance) and stage 1 starts from it (``model.checkpoint``).
+    """
+
+    steps: int = Field(2000, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = 0
+    out: Path = Path("models/tiny-t2v")
+    """Folder of the versioned backbone: ``ema.safetensors`` and ``provenance.json``."""
+
+
 class TrainStage1Config(Section):
     """Stage 1, subject preservation (text + reference image): only the self-attention layers train."""
 
     steps: int = Field(600, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    trainable: Literal["self_attention", "backbone"] = "self_attention"
-    """``self_attention``: the paper's minimal-invasive stage 1 on a pretrained backbone (model.checkpoint).
-    ``backbone``: every non-audio parameter; for a randomly initialised DiT (the tiny preset has no pretrained
-    Wan weights, and a frozen random backbone with a zero-initialised head cannot learn)."""
+    trainable: Literal["self_attention", "backbone", "all"] = "self_attention"
+    """``self_attention``: the paper's minimal-invasive stage 1 on a pretrained backbone (model.checkpoint: the
+    released weights, or the tiny DiT's text-to-video backbone from ``humo pretrain``). ``backbone``: every
+    non-audio parameter, for a randomly initialised DiT (a frozen random backbone with a zero-initialised head
+    cannot learn). ``all``: the same set, named for the paper's "full fine-tune" ablation."""
 
 
 class TrainStage2Config(Section):
@@ -705,6 +720,9 @@ class TrainStage2Config(Section):
     long-video sampler holds the frames a window takes from the previous one (``generate.long_video``)."""
     continuation_max_prefix: int = Field(2, ge=1)
     """Most clean leading frames of a continuation batch; at least ``generate.long_video.overlap_latent_frames``."""
+    trainable: Literal["self_attention", "all"] = "self_attention"
+    """``self_attention``: the paper's minimal-invasive stage 2 (self-attention and the audio modules);
+    ``all``: every parameter (the paper's "full fine-tune" ablation)."""
 
 
 class OrchestrationConfig(Section):
@@ -929,6 +947,7 @@ class Params(Section):
     train_vae: TrainVaeConfig = TrainVaeConfig()
     precompute: PrecomputeConfig = PrecomputeConfig()
     train: TrainConfig = TrainConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     train_stage1: TrainStage1Config = TrainStage1Config()
     train_stage2: TrainStage2Config = TrainStage2Config()
     generate: GenerateConfig = GenerateConfig()

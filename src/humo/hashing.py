@@ -1,8 +1,10 @@
-"""Content hashes of files: the one sha256 every layer records (shard manifests, adapter bases, the registry)."""
+"""Content hashes of files (the one sha256 every layer records: shard manifests, adapter bases, the registry) and the
+git commit a result was made with."""
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 HASH_CHUNK_BYTES = 1 << 20
@@ -16,3 +18,17 @@ def file_sha256(path: Path | str) -> str:
         while chunk := handle.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def git_commit(root: Path) -> str:
+    """``HEAD`` of the repository at ``root``, suffixed ``-dirty`` with uncommitted changes; ``unknown`` outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit

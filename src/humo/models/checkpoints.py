@@ -45,6 +45,8 @@ CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
 ADAPTER_FILE = "adapter.safetensors"
 ADAPTER_RAW_FILE = "adapter_raw.safetensors"
+PROVENANCE_FILE = "provenance.json"
+"""Beside versioned weights (``humo pretrain``): how they were made, and their sha256."""
 WEIGHT_FILES = (MODEL_FILE, EMA_FILE, ADAPTER_FILE, ADAPTER_RAW_FILE)
 
 
@@ -272,3 +274,18 @@ def base_record(stage: int, init_dir: Path, released: Path | None) -> dict[str, 
     from humo.models.convert import checkpoint_files
 
     return {"kind": "released", "path": str(released), "sha256": released_sha256(checkpoint_files(released))}
+
+
+def check_provenance(weights: Path) -> dict[str, Any] | None:
+    """The provenance record beside ``weights`` (None when there is none); refuses weights that differ from it."""
+    record_path = Path(weights).parent / PROVENANCE_FILE
+    if not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text())
+    found = file_sha256(weights)
+    if record.get("weights_sha256") not in (None, found):
+        raise ValueError(
+            f"{weights} has sha256 {found[:12]}..., its {PROVENANCE_FILE} records {record['weights_sha256'][:12]}...: "
+            "the file was changed after `humo pretrain` wrote it; run `humo pretrain` again"
+        )
+    return record

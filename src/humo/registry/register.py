@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from humo.config import EncodersConfig, GenerateConfig, PathsConfig, RegistryConfig, RequestLimitsConfig, TrackingConfig
+from humo.hashing import git_commit
 from humo.registry.mlflow_registry import (
     TAG_ADAPTER,
     TAG_BASE_VERSION,
@@ -59,20 +59,6 @@ FEATURES_STAGE = "precompute"
 # =====================================================================================================================
 # Provenance
 # =====================================================================================================================
-
-
-def git_commit(root: Path) -> str:
-    """``HEAD`` of the repository at ``root``, suffixed ``-dirty`` with uncommitted changes; ``unknown`` outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
 
 
 def dataset_hashes(root: Path) -> dict[str, str]:

@@ -48,31 +48,37 @@ TRAINABLE_PATTERNS: dict[int, tuple[str, ...]] = {
 """Parameter-name fragments trained in each stage (paper section 3.3/3.4)."""
 AUDIO_PATTERNS = ("audio_proj.", "audio_cross_attn_wrapper.", "mask_predictor.")
 """The audio-related modules stage 2 adds; frozen (and unused) in stage 1 whatever else trains."""
+SCOPES = ("self_attention", "backbone", "all")
+"""What a stage trains (:func:`trainable_parameter_names`)."""
 
 
-def trainable_parameter_names(model: nn.Module, stage: int, stage1_scope: str = "self_attention") -> list[str]:
+def trainable_parameter_names(model: nn.Module, stage: int, scope: str = "self_attention") -> list[str]:
     """Names of the parameters that train in ``stage`` (1 or 2).
 
     Args:
         model: the transformer.
         stage: 1 or 2.
-        stage1_scope: ``self_attention`` (the paper: minimal-invasive, on a pretrained backbone) or ``backbone``
-            (every non-audio parameter; for a randomly initialised model, which has no pretrained backbone).
+        scope: ``self_attention``, the paper's minimal-invasive recipe on a pretrained backbone (stage 1 the
+            self-attention layers, stage 2 those and the audio modules); ``backbone`` (stage 1: every non-audio
+            parameter, for a model without a pretrained backbone); ``all`` (every parameter the stage uses: the
+            paper's "full fine-tune" ablation, stage 1 every non-audio parameter, stage 2 every parameter).
     """
     if stage not in TRAINABLE_PATTERNS:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     names = [name for name, _ in model.named_parameters()]
-    if stage == 1 and stage1_scope == "backbone":
+    if scope == "all" and stage == 2:
+        return names
+    if scope in ("backbone", "all"):
         return [name for name in names if not any(p in name for p in AUDIO_PATTERNS)]
-    if stage1_scope not in ("self_attention", "backbone"):
-        raise ValueError(f"stage1_scope must be 'self_attention' or 'backbone', got {stage1_scope!r}")
     patterns = TRAINABLE_PATTERNS[stage]
     return [name for name in names if any(p in name for p in patterns)]
 
 
-def freeze_for_stage(model: nn.Module, stage: int, stage1_scope: str = "self_attention") -> list[str]:
+def freeze_for_stage(model: nn.Module, stage: int, scope: str = "self_attention") -> list[str]:
     """Set ``requires_grad`` so that exactly the stage's parameters train; returns their names."""
-    names = set(trainable_parameter_names(model, stage, stage1_scope))
+    names = set(trainable_parameter_names(model, stage, scope))
     if not names:
         raise ValueError(f"no parameter of {type(model).__name__} matches stage {stage}'s patterns {TRAINABLE_PATTERNS[stage]}")
     for name, param in model.named_parameters():
@@ -195,9 +201,10 @@ class HumoSystem(L.LightningModule):
         fsdp: shard every transformer block and the root with ``fully_shard`` in :meth:`configure_model`.
         gradient_checkpointing: recompute block activations in the backward pass.
         nan_checkpoint_dir: where the checkpoint written before a non-finite loss goes.
-        stage1_scope: what stage 1 trains: ``self_attention`` (paper) or ``backbone`` (random init).
+        scope: what the stage trains: ``self_attention`` (paper), ``backbone`` (stage 1, random init) or ``all``
+            (the paper's full fine-tune); see :func:`trainable_parameter_names`.
         lora: train a LoRA adapter instead: ``{"rank", "alpha", "dropout", "target_modules"}`` (patterns of
-            :func:`humo.models.lora.resolve_targets`; None = the stage's defaults); ``stage1_scope`` is then unused.
+            :func:`humo.models.lora.resolve_targets`; None = the stage's defaults); ``scope`` is then unused.
     """
 
     def __init__(
@@ -222,7 +229,7 @@ class HumoSystem(L.LightningModule):
         fsdp: bool = False,
         gradient_checkpointing: bool = False,
         nan_checkpoint_dir: str | None = None,
-        stage1_scope: Literal["self_attention", "backbone"] = "self_attention",
+        scope: Literal["self_attention", "backbone", "all"] = "self_attention",
         lora: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -239,7 +246,7 @@ class HumoSystem(L.LightningModule):
         self.register_buffer("null_text_embeds", null_text_embeds.float(), persistent=False)
         self.condition_dropout = {"text": 0.1, "image": 0.1, "audio": 0.1, **(condition_dropout or {})}
         if lora is None:
-            self.trainable_names = freeze_for_stage(transformer, stage, stage1_scope)
+            self.trainable_names = freeze_for_stage(transformer, stage, scope)
             self.lora_targets: list[str] = []
         else:
             self.lora_targets = lora_lib.resolve_targets(

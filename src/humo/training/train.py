@@ -247,6 +247,7 @@ def run(
     root: Path = Path("."),
     resume: bool = True,
     callbacks: Sequence[L.Callback] = (),
+    out_dir: Path | None = None,
 ) -> TrainResult:
     """Train one stage on the precomputed shards and write its checkpoint folder.
 
@@ -262,6 +263,7 @@ def run(
         resume: continue from ``checkpoints/last.ckpt`` when it was written with the same settings.
         callbacks: extra Lightning callbacks, e.g. the sample-video callback the CLI builds; appended to the
             Trainer's own (history, checkpoint, learning-rate monitor).
+        out_dir: the checkpoint folder instead of ``paths.stage_dir("train_stage{stage}")`` (``humo pretrain``).
 
     Returns:
         A :class:`TrainResult` (output folder, MLflow run id, metrics, validation history).
@@ -274,7 +276,7 @@ def run(
     """
     # 1. the arguments and the stage's folders
     _check_stage(stage, stage_cfg)
-    dirs = _stage_dirs(stage, paths, Path(root))
+    dirs = _stage_dirs(stage, paths, Path(root), out_dir)
     rank = _rank()
 
     # 2. everything that can be wrong with the inputs, before any step
@@ -331,7 +333,7 @@ def _check_stage(stage: int, stage_cfg: TrainStage1Config | TrainStage2Config) -
         raise TypeError(f"stage {stage} takes a {expected_cfg.__name__}, got {type(stage_cfg).__name__}")
 
 
-def _stage_dirs(stage: int, paths: PathsConfig, root: Path) -> _StageDirs:
+def _stage_dirs(stage: int, paths: PathsConfig, root: Path, out_dir: Path | None = None) -> _StageDirs:
     """The stage's folders from :class:`~humo.config.PathsConfig`; a relative one is taken under ``root``."""
 
     def resolve(path: Path) -> Path:
@@ -340,7 +342,7 @@ def _stage_dirs(stage: int, paths: PathsConfig, root: Path) -> _StageDirs:
     return _StageDirs(
         shards=resolve(paths.features_dir),
         manifest=resolve(paths.manifest),
-        out=resolve(paths.stage_dir(f"train_stage{stage}")),
+        out=resolve(out_dir or paths.stage_dir(f"train_stage{stage}")),
         init=resolve(paths.stage1_dir),
     )
 
@@ -393,9 +395,16 @@ def _build_transformer(
     from humo.models.transformer import HumoTransformer3D
 
     if stage == 1 and model.checkpoint is not None:
+        from humo.models.checkpoints import check_provenance
         from humo.models.convert import load_humo_checkpoint
 
+        record = check_provenance(Path(model.checkpoint))
         transformer = load_humo_checkpoint(model.checkpoint, transformer_cfg)
+        if record is not None:
+            logger.info(
+                "stage 1 starts from %s (%s, %s steps, seed %s)", model.checkpoint, record["command"], record["steps"],
+                record["seed"],
+            )
     else:
         transformer = HumoTransformer3D.from_preset(transformer_cfg)
     if stage == 1 and model.checkpoint is None and stage_cfg.trainable == "self_attention":
@@ -486,7 +495,7 @@ def _build_system(
         fsdp=train.strategy == "fsdp",
         gradient_checkpointing=train.gradient_checkpointing,
         nan_checkpoint_dir=str(ckpt_dir),
-        stage1_scope=stage_cfg.trainable if isinstance(stage_cfg, TrainStage1Config) else "self_attention",
+        scope=stage_cfg.trainable,
         lora=_lora_settings(train),
     )
 
