@@ -494,13 +494,14 @@ def lora_study(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides 
 
 @app.command()
 def ablation(params: ParamsOption = DEFAULT_PARAMS_PATH, overrides: Overrides = None) -> None:
-    """Miniature ablation table (outside the main job): stage 1 vs 2, no mask loss, fixed guidance, TA vs TIA."""
+    """The paper's ablation in miniature (outside the main job): 4 trained recipes x 3 seeds, TA, guidance A/B."""
     p = _load(params, overrides)
     from humo.evaluation import ablation as ablation_module
 
     try:
         ablation_module.run(
-            p.evaluate, p.generate, p.limits, p.encoders, p.train, p.train_stage2, p.model, p.tracking, p.paths
+            p.evaluate, p.generate, p.limits, p.encoders, p.train, p.train_stage1, p.train_stage2, p.model,
+            p.tracking, p.paths,
         )
     except USER_ERRORS as err:
         raise _fail(err) from None

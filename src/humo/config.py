@@ -682,7 +682,7 @@ class PretrainConfig(Section):
     versioned in the repository (``out``, with its provenance) and stage 1 starts from it (``model.checkpoint``).
     """
 
-    steps: int = Field(2000, ge=1)
+    steps: int = Field(1000, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     seed: int = 0
     out: Path = Path("models/tiny-t2v")
@@ -895,6 +895,27 @@ class LoraStudyConfig(Section):
     of full stage 2 when its steps are slower (``benchmarks/bench_training.py`` measures the ratio)."""
 
 
+class AblationConfig(Section):
+    """``humo ablation``: the paper's Table 3 and Fig. 4 in miniature, every trained row with several seeds.
+
+    Every variant trains from the pretrained backbone (``model.checkpoint``) with the short stages below, the full
+    row the same way; the evaluation covers ``num_cases`` held-out clips (distinct identities first) with
+    ``sampling_seeds`` noise seeds each; intervals come from a two-level bootstrap (training seeds, then cases).
+    """
+
+    training_seeds: tuple[int, ...] = Field((0, 1, 2), min_length=1)
+    """``train.seed`` of each training run of every trained variant."""
+    stage1_steps: int = Field(300, ge=1)
+    stage2_steps: int = Field(300, ge=1)
+    """Short stages (the stage-2 audio ramp is shortened in proportion); w/o progressive gets their sum."""
+    num_cases: int = Field(16, ge=1)
+    """Held-out clips of the ablation's own evaluation set (``artifacts/ablation/eval_set``)."""
+    sampling_seeds: int = Field(2, ge=1)
+    """Noise seeds per case and row."""
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    bootstrap_resamples: int = Field(2000, ge=100)
+
+
 class EvaluateConfig(Section):
     """The ``eval_set`` and ``evaluate`` stages: a fixed held-out set, generation in several modes, metrics, gate."""
 
@@ -931,8 +952,9 @@ class EvaluateConfig(Section):
     """Real-video check: the sync scorer (``auto``: ``lips`` with ``humo[faces]``, else ``mouth``)."""
     gate: EvaluateGateConfig = EvaluateGateConfig()
     speed: SpeedStudyConfig = SpeedStudyConfig()
-    lora_study: LoraStudyConfig = LoraStudyConfig()
     """The quality-speed table of step caching and guidance truncation (stage ``speed_study``)."""
+    lora_study: LoraStudyConfig = LoraStudyConfig()
+    ablation: AblationConfig = AblationConfig()
 
 
 class Params(Section):

@@ -5,9 +5,9 @@ The tiny preset has no such weights; this trains them on the curated SynthTalk s
 
 1. the stage-1 trainer with the reference and the audio dropped on every sample (text dropout kept, so the
    backbone has a null-text branch for guidance) and every non-audio parameter trainable, from a seeded init;
-2. the EMA weights and their ``config.json`` copied to ``pretrain.out`` (versioned in the repository) beside ``provenance.json``: the
-   command, the seed and steps, the sha256 of the curated manifest and of the shard index it trained on, the git
-   commit, the validation losses and the weights' own sha256.
+2. the EMA weights and their ``config.json`` copied to ``pretrain.out`` (versioned in the repository) beside
+   ``provenance.json``: the command, the seed and steps, the sha256 of the curated manifest and of the shard
+   index it trained on, the git commit, the validation losses and the weights' own sha256.
 
 ``dvc repro`` then uses the file (``model.checkpoint``) without training it again: the main job stays within its
 time budget. The training run itself (resumable) is in ``artifacts/pretrain``.

@@ -17,14 +17,19 @@ from humo.features.shards import EXTRAS_NAME, NULL_TEXT_KEY, SHARD_PATTERN, Shar
 LATENT_FRAMES, GRID, TEXT_LEN, TEXT_DIM = 3, 4, 8, 384
 
 
-def make_shards(artifacts: Path, num_train: int = 16, num_heldout: int = 4, seed: int = 0, shard_size: int = 8) -> Path:
-    """Write ``artifacts/curate/manifest.parquet`` and ``artifacts/precompute`` with random tiny features."""
+def make_shards(
+    artifacts: Path, num_train: int = 16, num_heldout: int = 4, seed: int = 0, shard_size: int = 8,
+    keep_manifest: bool = False,
+) -> Path:
+    """Write ``artifacts/curate/manifest.parquet`` and ``artifacts/precompute`` with random tiny features
+    (``keep_manifest``: the shards record the manifest already there instead)."""
     generator = torch.Generator().manual_seed(seed)
     ids = [f"clip_{i:03d}" for i in range(num_train + num_heldout)]
     splits = ["train"] * num_train + ["heldout"] * num_heldout
     (artifacts / "curate").mkdir(parents=True, exist_ok=True)
     manifest = artifacts / "curate" / "manifest.parquet"
-    pd.DataFrame({"clip_id": ids, "split": splits, "num_frames": 9}).to_parquet(manifest)
+    if not keep_manifest:
+        pd.DataFrame({"clip_id": ids, "split": splits, "num_frames": 9}).to_parquet(manifest)
     out = artifacts / "precompute"
     out.mkdir(parents=True, exist_ok=True)
     index = ShardIndex(splits=dict(zip(ids, splits)), provenance={"manifest_sha256": file_sha256(manifest)})
