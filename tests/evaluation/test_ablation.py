@@ -94,7 +94,8 @@ def test_shrunk_ablation_trains_every_variant_per_seed_and_judges_each_expectati
         for variant in ("full", "no_progressive", "no_mask", "full_fine_tune"):
             assert (artifacts / "ablation" / f"seed{seed}" / variant / "train_stage2" / "ema.safetensors").is_file()
         # w/o progressive starts stage 2 from the backbone; w/o focus-by-predicting from the full row's stage 1
-        assert (artifacts / "ablation" / f"seed{seed}" / "no_progressive" / "train_stage1").resolve() == tmp_path / "t2v"
+        backbone = (artifacts / "ablation" / f"seed{seed}" / "no_progressive" / "train_stage1").resolve()
+        assert (backbone / "ema.safetensors").resolve() == tmp_path / "t2v" / "ema.safetensors"
         linked = (artifacts / "ablation" / f"seed{seed}" / "no_mask" / "train_stage1").resolve()
         assert linked == (artifacts / "ablation" / f"seed{seed}" / "full" / "train_stage1").resolve()
     fine = json.loads((artifacts / "ablation" / "seed0" / "full_fine_tune" / "train_stage2" / "run.json").read_text())

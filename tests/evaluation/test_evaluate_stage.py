@@ -13,39 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from humo.config import load_params
 from humo.data import synthtalk
 from humo.evaluation import evalset, evaluate
 
 TINY_VAE_BASE_DIM = 8
-
-
-def _manifest(synth_dir: Path, artifacts: Path) -> None:
-    """The curated manifest columns the evaluation reads (contract 2), for every SynthTalk clip."""
-    table = pd.read_parquet(synth_dir / synthtalk.CAPTIONS_NAME)
-    rows = []
-    for row in table.itertuples():
-        truth = json.loads((synth_dir / row.annotation).read_text())
-        rows.append({
-            "clip_id": row.video_id, "video": str(synth_dir / row.video), "start_frame": 0,
-            "num_frames": truth["num_frames"], "fps": float(truth["fps"]), "width": truth["width"],
-            "height": truth["height"], "caption": row.caption, "reference_image": str(synth_dir / row.reference_image),
-            "split": row.split, "identity_id": row.identity_id, "annotation": str(synth_dir / row.annotation),
-        })
-    (artifacts / "curate").mkdir(parents=True)
-    pd.DataFrame(rows).to_parquet(artifacts / "curate" / "manifest.parquet")
-
-
-@pytest.fixture()
-def project(tmp_path: Path, synth_dir: Path, params_path: Path):
-    artifacts = tmp_path / "artifacts"
-    _manifest(synth_dir, artifacts)
-    overrides = [
-        f"paths.artifacts={artifacts}", f"paths.reports={tmp_path / 'reports'}",
-        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "evaluate.num_cases=2", "evaluate.steps=1",
-        "evaluate.modes=[TA, TIA]", "generate.progress_bar=false",
-    ]
-    return load_params(params_path, overrides)
 
 
 def test_eval_set_holds_heldout_identities_and_is_deterministic(project, synth_dir: Path) -> None:

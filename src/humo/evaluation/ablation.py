@@ -201,6 +201,23 @@ def short_stages(
     )
 
 
+def backbone_folder(model: ModelConfig, paths: PathsConfig) -> Path:
+    """The pretrained backbone as a checkpoint folder stage 2 can start from (w/o progressive training):
+    ``artifacts/ablation/backbone`` with its ``config.json`` and the weights linked as model and EMA."""
+    from humo.models.checkpoints import CONFIG_FILE, EMA_FILE, MODEL_FILE
+
+    weights = Path(model.checkpoint).resolve()
+    folder = paths.artifacts / ABLATION_DIR / "backbone"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_bytes((weights.parent / CONFIG_FILE).read_bytes())
+    for name in (MODEL_FILE, EMA_FILE):
+        link = folder / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(weights)
+    return folder
+
+
 def train_seed(
     seed: int, study: AblationConfig, train: TrainConfig, stage1: TrainStage1Config, stage2: TrainStage2Config,
     model: ModelConfig, tracking: TrackingConfig, paths: PathsConfig,
@@ -219,7 +236,7 @@ def train_seed(
         ("no_mask", 2): train_variant(base / "no_mask", settings, s2.model_copy(update={"mask_loss_weight": 0.0}),
                                       model, tracking, paths, stage1=full1),
         ("no_progressive", 2): train_variant(base / "no_progressive", settings, one_stage, model, tracking, paths,
-                                             stage1=Path(model.checkpoint).parent),
+                                             stage1=backbone_folder(model, paths)),
         ("full_fine_tune", 2): train_variant(base / "full_fine_tune", settings,
                                              s2.model_copy(update={"trainable": "all"}), model, tracking, paths,
                                              stage1=fine1),
