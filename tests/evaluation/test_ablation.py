@@ -75,7 +75,7 @@ def test_shrunk_ablation_trains_every_variant_per_seed_and_judges_each_expectati
         "training_seeds": (0, 1), "stage1_steps": 2, "stage2_steps": 2, "num_cases": 2, "sampling_seeds": 1,
         "bootstrap_resamples": 200,
     })
-    evaluate = p.evaluate.model_copy(update={"ablation": study})
+    evaluate = p.evaluate.model_copy(update={"ablation": study, "steps": 2})
     args = (evaluate, p.generate, p.limits, p.encoders, p.train, p.train_stage1, p.train_stage2, p.model, p.tracking,
             p.paths)
 
@@ -86,8 +86,10 @@ def test_shrunk_ablation_trains_every_variant_per_seed_and_judges_each_expectati
     for row in rows.values():
         for column in ablation.COLUMNS:
             assert row[column]["low"] <= row[column]["mean"] <= row[column]["high"]
-    assert rows["ta"]["identity_similarity"] != rows["full"]["identity_similarity"]
-    assert rows["guidance_a"] != rows["guidance_b"]  # the switch moves the video
+    # a barely trained model draws near-noise, whose colours are all alike: the continuous sharpness tells the
+    # rows apart (no reference; the guidance switch at step 2 of 2 for A -> B, never or always for A and B alone)
+    sharpness = {key: row["sharpness"]["mean"] for key, row in rows.items()}
+    assert len({sharpness[key] for key in ("full", "ta", "guidance_a", "guidance_b")}) == 4
     assert {e["statement"] for e in document["expectations"]} == {e.statement for e in ablation.EXPECTATIONS}
     assert {e["verdict"] for e in document["expectations"]} <= {"holds", "reversed", "within noise"}
     for seed in (0, 1):
