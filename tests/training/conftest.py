@@ -18,13 +18,16 @@ def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture()
 def train_params(params_path: Path, tmp_path: Path, mlflow_uri: str) -> Params:
-    """The real params.yaml shrunk for fast CPU tests: 2 layers, a few steps, MLflow in tmp_path."""
+    """The real params.yaml shrunk for fast CPU tests: 2 layers, a few steps, MLflow in tmp_path; stage 1 from a
+    seeded init training the backbone (the versioned tiny-t2v backbone has the full preset's width)."""
     return load_params(
         params_path,
         [
             f"paths.artifacts={tmp_path / 'artifacts'}",
             f"tracking.uri={mlflow_uri}",
             "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}",
+            "model.checkpoint=null",
+            "train_stage1.trainable=backbone",
             "train.batch_size=4",
             "train.val_every_n_steps=3",
             "train.val_batches=1",
