@@ -39,7 +39,8 @@ TINY_PIPELINE = [
     "train_vae.num_val_clips=2", "train_vae.base_dim=8",
     "curate.workers=1",
     "precompute.shard_size=8", "precompute.batch_size=4",
-    "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}",
+    "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}", "model.checkpoint=null",
+    "train_stage1.trainable=backbone",
     "train.batch_size=4", "train.val_every_n_steps=2", "train.val_batches=1", "train.checkpoint_every_n_steps=2",
     "train.log_every_n_steps=1", "train.warmup_steps=0",
     "train_stage1.steps=2", "train_stage2.steps=2", "train_stage2.audio_ramp_steps=1",
@@ -56,10 +57,12 @@ def _write_params(folder: Path, overrides: list[str]) -> Path:
 
 
 def _toy_project(root: Path, project_root: Path, mlflow_uri: str) -> Path:
-    """A git + DVC repository with the real dvc.yaml, the code as a link, a shrunk params.yaml and SynthTalk."""
+    """A git + DVC repository with the real dvc.yaml, the code and the versioned backbone as links (stage 1 of the
+    shrunk model starts from a seeded init; the backbone is only a dependency), a shrunk params.yaml and SynthTalk."""
     root.mkdir()
     shutil.copy(project_root / "dvc.yaml", root / "dvc.yaml")
     (root / "src").symlink_to(project_root / "src")
+    (root / "models").symlink_to(project_root / "models")
     params_path = _write_params(root, [*TINY_PIPELINE, f"tracking.uri={mlflow_uri}"])
     params = load_params(params_path)
     synthtalk.run(params.synth, root / params.paths.raw)

@@ -25,7 +25,9 @@ def _train(project_root: Path, artifacts: Path, uri: str, *extra: str) -> dict:
     make_shards(artifacts)
     cmd = [
         sys.executable, str(HUMO), "train-stage1", "--params", str(project_root / "params.yaml"),
-        f"paths.artifacts={artifacts}", f"tracking.uri={uri}", "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}",
+        f"paths.artifacts={artifacts}", f"tracking.uri={uri}",
+        "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}", "model.checkpoint=null",
+        "train_stage1.trainable=backbone",
         "train.batch_size=4", "train.val_every_n_steps=4", "train.val_batches=1", "train.checkpoint_every_n_steps=4",
         "train.warmup_steps=0", "train_stage1.steps=4", "train_stage1.learning_rate=0.001", *extra,
     ]
@@ -68,7 +70,9 @@ def test_sigkilled_run_resumes_to_the_same_weights(project_root: Path, tmp_path:
     make_shards(artifacts)
     cmd = [
         sys.executable, str(HUMO), "train-stage1", "--params", str(project_root / "params.yaml"),
-        f"paths.artifacts={artifacts}", f"tracking.uri={mlflow_uri}", "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}",
+        f"paths.artifacts={artifacts}", f"tracking.uri={mlflow_uri}",
+        "model.overrides={num_layers: 2, dim: 64, ffn_dim: 128, num_heads: 2}", "model.checkpoint=null",
+        "train_stage1.trainable=backbone",
         "train.batch_size=4", "train.val_batches=1", "train.warmup_steps=0", "train_stage1.learning_rate=0.001", *steps,
     ]
     last = artifacts / "train_stage1" / "checkpoints" / "last.ckpt"
